@@ -1,0 +1,306 @@
+//! Wires the agent's stages for each camera, with bounded queues between them:
+//!
+//! ```text
+//! capture thread --(4 raw frames)--> encode thread --(64 frames)--> send task --(4096 acks)--> ack task
+//! ```
+//!
+//! * A live source is never stalled: when the encoder falls behind, the
+//!   capture thread drops the newest raw frame and counts it. A file or unpaced
+//!   source blocks instead.
+//! * Sequence numbers are issued by the encode thread, in order, only to
+//!   frames that were encoded.
+//! * Shutdown order: stop capture -> drain encoder -> enqueue the rest ->
+//!   flush Kafka (bounded) -> record exact sequence state.
+
+use crate::encode::H264Encoder;
+use crate::sequence::{SequenceError, SequenceStore};
+use crate::sink::{AckFuture, FrameSink};
+use crate::source::{self, FrameSource, SourceError};
+use crate::stats::CameraStats;
+use camfleet_shared::clock::{Clock, SystemClock};
+use camfleet_shared::config::{AgentConfig, CameraConfig};
+use camfleet_shared::wire::{Codec, FrameMeta};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Time allowed for Kafka to acknowledge what is queued at shutdown.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(8);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("camera {camera}: {source}")]
+    Source {
+        camera: String,
+        #[source]
+        source: SourceError,
+    },
+    #[error("camera {camera}: {source}")]
+    Encoder {
+        camera: String,
+        #[source]
+        source: crate::encode::EncodeError,
+    },
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+}
+
+/// One camera's outcome, printed as JSON at exit.
+pub struct CameraReport {
+    pub camera: String,
+    pub stats: Arc<CameraStats>,
+    pub seq_first: Option<u64>,
+    pub seq_next: u64,
+    pub epoch: u64,
+}
+
+impl CameraReport {
+    pub fn to_json(&self) -> serde_json::Value {
+        self.stats
+            .summary(&self.camera, self.seq_first, self.seq_next, self.epoch)
+    }
+}
+
+struct EncodedFrame {
+    meta: FrameMeta,
+    payload: Vec<u8>,
+}
+
+/// Runs every camera until each source ends or `shutdown` resolves.
+pub async fn run<S: FrameSink>(
+    config: AgentConfig,
+    sink: Arc<S>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Vec<CameraReport>, AgentError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut cameras = Vec::new();
+    // Open everything first, so a bad camera fails the start before any video flows.
+    for cam in &config.cameras {
+        let src = source::open(&cam.source).map_err(|source| AgentError::Source {
+            camera: cam.id.to_string(),
+            source,
+        })?;
+        let encoder = H264Encoder::new(src.format(), &cam.encoder).map_err(|source| {
+            AgentError::Encoder {
+                camera: cam.id.to_string(),
+                source,
+            }
+        })?;
+        let seq = SequenceStore::open(&config.data_dir, cam.id.site(), cam.id.camera())?;
+        cameras.push((cam.clone(), src, encoder, seq));
+    }
+    let mut handles = Vec::new();
+    for (cam, src, encoder, seq) in cameras {
+        let stats = Arc::new(CameraStats::default());
+        handles.push(tokio::spawn(run_camera(
+            cam,
+            src,
+            encoder,
+            seq,
+            sink.clone(),
+            stats,
+            clock.clone(),
+            stop.clone(),
+        )));
+    }
+    let all = futures_join(handles);
+    tokio::pin!(all);
+    tokio::select! {
+        reports = &mut all => return reports,
+        () = shutdown => {
+            tracing::info!("shutdown: stopping capture, draining encoder and Kafka");
+            stop.store(true, Relaxed);
+        }
+    }
+    all.await
+}
+
+async fn futures_join(
+    handles: Vec<tokio::task::JoinHandle<Result<CameraReport, AgentError>>>,
+) -> Result<Vec<CameraReport>, AgentError> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("camera task panicked")?);
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_camera<S: FrameSink>(
+    cam: CameraConfig,
+    mut src: Box<dyn FrameSource>,
+    mut encoder: H264Encoder,
+    mut seq: SequenceStore,
+    sink: Arc<S>,
+    stats: Arc<CameraStats>,
+    clock: Arc<dyn Clock>,
+    stop: Arc<AtomicBool>,
+) -> Result<CameraReport, AgentError> {
+    let format = src.format();
+    let epoch = seq.epoch();
+    let camera = cam.id.to_string();
+    tracing::info!(%camera, width = format.width, height = format.height, fps = %format.fps, epoch, "camera started");
+
+    // Capture thread.
+    let (raw_tx, raw_rx) = std_mpsc::sync_channel::<(crate::source::RawFrame, u64)>(4);
+    let capture = {
+        let (stats, stop, clock, camera) = (stats.clone(), stop.clone(), clock.clone(), camera.clone());
+        let max_frames = cam.max_frames;
+        std::thread::Builder::new()
+            .name(format!("capture {camera}"))
+            .spawn(move || -> Result<(), SourceError> {
+                let live = src.is_live();
+                let mut produced = 0u64;
+                while !stop.load(Relaxed) && max_frames.is_none_or(|m| produced < m) {
+                    let Some(frame) = src.next_frame()? else { break };
+                    let captured_us = clock.now_us();
+                    stats.frames_captured.fetch_add(1, Relaxed);
+                    produced += 1;
+                    if live {
+                        match raw_tx.try_send((frame, captured_us)) {
+                            Ok(()) => {}
+                            Err(std_mpsc::TrySendError::Full(_)) => {
+                                stats.frames_dropped_busy.fetch_add(1, Relaxed);
+                            }
+                            Err(std_mpsc::TrySendError::Disconnected(_)) => break,
+                        }
+                    } else if raw_tx.send((frame, captured_us)).is_err() {
+                        break;
+                    }
+                }
+                tracing::debug!(%camera, produced, "capture ended");
+                Ok(())
+            })
+            .expect("spawn capture thread")
+    };
+
+    // Encode thread: issues sequence numbers.
+    let (enc_tx, mut enc_rx) = mpsc::channel::<EncodedFrame>(64);
+    let encode = {
+        let stats = stats.clone();
+        let id = cam.id.clone();
+        std::thread::Builder::new()
+            .name(format!("encode {camera}"))
+            .spawn(move || -> Result<SequenceStore, AgentError> {
+                let mut first_index = None;
+                while let Ok((frame, capture_us)) = raw_rx.recv() {
+                    let t = Instant::now();
+                    let out = match encoder.encode(frame.index, &frame.i420) {
+                        Ok(out) => out,
+                        Err(e) => {
+                            stats.encode_errors.fetch_add(1, Relaxed);
+                            tracing::warn!(camera = %id, error = %e, "frame not encoded");
+                            continue;
+                        }
+                    };
+                    stats.encode_ns.fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+                    // Media time counts from the first frame of this epoch.
+                    let base = *first_index.get_or_insert(frame.index);
+                    let meta = FrameMeta {
+                        camera: id.clone(),
+                        seq: seq.next()?,
+                        capture_us,
+                        pts_90k: format.fps.pts_90k(frame.index - base),
+                        keyframe: out.keyframe,
+                        width: format.width,
+                        height: format.height,
+                        fps: format.fps,
+                        codec: Codec::H264,
+                        epoch,
+                    };
+                    stats.frames_encoded.fetch_add(1, Relaxed);
+                    stats.keyframes_encoded.fetch_add(out.keyframe as u64, Relaxed);
+                    stats.bytes_encoded.fetch_add(out.annex_b.len() as u64, Relaxed);
+                    if enc_tx
+                        .blocking_send(EncodedFrame {
+                            meta,
+                            payload: out.annex_b,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Ok(seq)
+            })
+            .expect("spawn encode thread")
+    };
+
+    // Ack task: awaits deliveries in order, so counters and latency are exact.
+    let (ack_tx, mut ack_rx) = mpsc::channel::<(AckFuture, u64)>(4096);
+    let ack_task = {
+        let (stats, clock) = (stats.clone(), clock.clone());
+        tokio::spawn(async move {
+            while let Some((ack, capture_us)) = ack_rx.recv().await {
+                match ack.await {
+                    Ok(_) => {
+                        stats.frames_acked.fetch_add(1, Relaxed);
+                        stats.record_ack_latency(clock.now_us().saturating_sub(capture_us));
+                    }
+                    Err(e) => {
+                        stats.frames_failed.fetch_add(1, Relaxed);
+                        tracing::error!(error = %e, "frame lost: not acknowledged");
+                    }
+                }
+            }
+        })
+    };
+
+    let mut seq_first = None;
+    while let Some(frame) = enc_rx.recv().await {
+        seq_first.get_or_insert(frame.meta.seq);
+        match sink.enqueue(&frame.meta, &frame.payload).await {
+            Ok(ack) => {
+                if ack_tx.send((ack, frame.meta.capture_us)).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                stats.frames_failed.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "frame lost: not enqueued");
+            }
+        }
+    }
+    drop(ack_tx);
+    let capture_result = tokio::task::spawn_blocking(move || capture.join())
+        .await
+        .expect("join capture");
+    let seq = tokio::task::spawn_blocking(move || encode.join())
+        .await
+        .expect("join encode")
+        .expect("encode thread panicked")?;
+    {
+        let sink = sink.clone();
+        // flush blocks in librdkafka; keep it off the async workers.
+        tokio::task::spawn_blocking(move || sink.flush(SHUTDOWN_FLUSH))
+            .await
+            .expect("flush task")
+            .unwrap_or_else(|e| tracing::error!(error = %e, "Kafka flush incomplete"));
+    }
+    let _ = ack_task.await;
+    let seq_next = seq.peek_next();
+    seq.close()?;
+    match capture_result {
+        Ok(Err(e)) => {
+            return Err(AgentError::Source {
+                camera: camera.clone(),
+                source: e,
+            })
+        }
+        Err(_) => panic!("capture thread panicked"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!(%camera, "camera stopped");
+    Ok(CameraReport {
+        camera,
+        stats,
+        seq_first,
+        seq_next,
+        epoch,
+    })
+}

@@ -1,0 +1,23 @@
+# shellcheck shell=bash
+# Pinned versions and paths shared by scripts/setup and scripts/services.
+# One place to bump: the Maven POMs next to this file take their versions from
+# these variables (passed as -D properties), and setup's marker files record
+# them, so a bump here makes setup re-resolve on its next run.
+
+KAFKA_VERSION=4.2.0
+# Kafka 4.2 is built against log4j 2.25.3; its POM does not carry a binding.
+LOG4J_VERSION=2.25.3
+# 3.5.0 is the first Hadoop release with full Java 17 support on the servers.
+HADOOP_VERSION=3.5.0
+# ort 2.0.0-rc.15 targets the 1.31 C API; keep the two in step.
+ORT_VERSION=1.31.1
+
+# The cache lives outside the clone so CI and later sessions reuse it.
+CAMFLEET_CACHE="${CAMFLEET_CACHE:-$HOME/.cache/camfleet}"
+KAFKA_LIB="$CAMFLEET_CACHE/kafka-$KAFKA_VERSION/lib"
+HADOOP_LIB="$CAMFLEET_CACHE/hadoop-$HADOOP_VERSION/lib"
+ORT_DYLIB="$CAMFLEET_CACHE/onnxruntime-$ORT_VERSION/libonnxruntime.so.$ORT_VERSION"
+# Maven's local repository is kept inside the cache too, so the cache is
+# self-contained (an empty CAMFLEET_CACHE really starts from nothing) and ~/.m2
+# is left alone.
+CAMFLEET_M2="$CAMFLEET_CACHE/m2"

@@ -1,0 +1,441 @@
+//! Typed configuration of `camfleet-agent` and `camfleet-collector`.
+//!
+//! Both are TOML. Every struct denies unknown fields, so a typo is an error
+//! naming the field rather than a silently ignored setting. Parsing also runs
+//! [`AgentConfig::validate`] / [`CollectorConfig::validate`], which check what
+//! serde cannot (ranges, duplicates, cross-field rules). Units are in field
+//! names (`_ms`, `_kbps`, `_bytes`).
+
+use crate::camera::CameraId;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Connection to the Kafka cluster, shared by agent and collector.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// The video topic.
+    #[serde(default = "default_video_topic")]
+    pub topic: String,
+    /// Extra librdkafka properties (`"socket.timeout.ms" = "5000"`), applied last.
+    #[serde(default)]
+    pub librdkafka_options: std::collections::BTreeMap<String, String>,
+}
+
+fn default_video_topic() -> String {
+    crate::wire::VIDEO_TOPIC.to_string()
+}
+
+impl KafkaConfig {
+    fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(invalid(format!("{prefix}.bootstrap_servers"), "is empty"));
+        }
+        for server in self.bootstrap_servers.split(',') {
+            let ok = server
+                .trim()
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(invalid(
+                    format!("{prefix}.bootstrap_servers"),
+                    format!("{server:?} is not host:port"),
+                ));
+            }
+        }
+        let t = &self.topic;
+        if t.is_empty()
+            || t.len() > 249
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(invalid(
+                format!("{prefix}.topic"),
+                format!("{t:?} is not a legal Kafka topic name"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- agent
+
+/// `agent.toml`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Directory for the agent's state (sequence numbers). Created if missing.
+    pub data_dir: PathBuf,
+    pub kafka: AgentKafkaConfig,
+    /// One entry per camera.
+    #[serde(rename = "camera")]
+    pub cameras: Vec<CameraConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentKafkaConfig {
+    #[serde(flatten)]
+    pub connection: KafkaConfig,
+    /// Largest record value sent; bigger frames are split into chunks.
+    /// Must not exceed the topic's `max.message.bytes` minus headers.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// How long librdkafka may hold a frame before it counts as failed.
+    /// Until the disk spool lands, a failed frame is logged and counted.
+    #[serde(default = "default_delivery_timeout_ms")]
+    pub delivery_timeout_ms: u64,
+    /// How long records may wait to form a batch (librdkafka `linger.ms`).
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+}
+
+const fn default_max_record_bytes() -> usize {
+    900 * 1024
+}
+const fn default_delivery_timeout_ms() -> u64 {
+    120_000
+}
+const fn default_linger_ms() -> u64 {
+    2
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// `site/camera`; the Kafka key and the archive path.
+    pub id: CameraId,
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub encoder: EncoderConfig,
+    /// Stop this camera after this many frames (tests, benchmarks); absent = run forever.
+    #[serde(default)]
+    pub max_frames: Option<u64>,
+}
+
+/// Where frames come from.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A moving synthetic pattern with the frame number drawn into the pixels.
+    TestPattern {
+        width: u32,
+        height: u32,
+        #[serde(default = "default_fps")]
+        fps: u32,
+        /// Produce frames as fast as the encoder takes them instead of at `fps`.
+        #[serde(default)]
+        unpaced: bool,
+    },
+    /// A YUV4MPEG2 (I420) file, e.g. made with `ffmpeg -i clip.mp4 -pix_fmt yuv420p clip.y4m`.
+    Y4m {
+        path: PathBuf,
+        /// Start again at the first frame at end of file.
+        #[serde(default)]
+        loop_file: bool,
+        /// Produce frames as fast as the encoder takes them instead of at the file's rate.
+        #[serde(default)]
+        unpaced: bool,
+    },
+}
+
+const fn default_fps() -> u32 {
+    30
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// Target bitrate.
+    #[serde(default = "default_bitrate_kbps")]
+    pub bitrate_kbps: u32,
+    /// An IDR (with SPS/PPS) every this many frames.
+    #[serde(default = "default_keyframe_interval_frames")]
+    pub keyframe_interval_frames: u32,
+}
+
+const fn default_bitrate_kbps() -> u32 {
+    2000
+}
+const fn default_keyframe_interval_frames() -> u32 {
+    60
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            bitrate_kbps: default_bitrate_kbps(),
+            keyframe_interval_frames: default_keyframe_interval_frames(),
+        }
+    }
+}
+
+impl AgentConfig {
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.connection.validate("kafka")?;
+        if self.kafka.max_record_bytes < 1024 || self.kafka.max_record_bytes > 64 << 20 {
+            return Err(invalid("kafka.max_record_bytes", "must be 1024..=67108864"));
+        }
+        if self.kafka.delivery_timeout_ms < 1000 {
+            return Err(invalid("kafka.delivery_timeout_ms", "must be at least 1000"));
+        }
+        if self.cameras.is_empty() {
+            return Err(invalid("camera", "no [[camera]] configured"));
+        }
+        let mut seen = HashSet::new();
+        for (i, cam) in self.cameras.iter().enumerate() {
+            let at = |f: &str| format!("camera[{i}] ({}).{f}", cam.id);
+            if !seen.insert(&cam.id) {
+                return Err(invalid(at("id"), "duplicate camera id"));
+            }
+            if let SourceConfig::TestPattern {
+                width, height, fps, ..
+            } = &cam.source
+            {
+                if *width < 64 || *height < 64 || width % 2 != 0 || height % 2 != 0 {
+                    return Err(invalid(
+                        at("source"),
+                        format!("{width}x{height}: width and height must be even and >= 64"),
+                    ));
+                }
+                if *width > 7680 || *height > 4320 {
+                    return Err(invalid(at("source"), "larger than 7680x4320"));
+                }
+                if !(1..=120).contains(fps) {
+                    return Err(invalid(at("source.fps"), "must be 1..=120"));
+                }
+            }
+            let e = &cam.encoder;
+            if !(50..=100_000).contains(&e.bitrate_kbps) {
+                return Err(invalid(at("encoder.bitrate_kbps"), "must be 50..=100000"));
+            }
+            if !(1..=3600).contains(&e.keyframe_interval_frames) {
+                return Err(invalid(
+                    at("encoder.keyframe_interval_frames"),
+                    "must be 1..=3600",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------ collector
+
+/// `collector.toml`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    pub kafka: CollectorKafkaConfig,
+    pub archive: ArchiveConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorKafkaConfig {
+    #[serde(flatten)]
+    pub connection: KafkaConfig,
+    /// Consumer group; all collector instances of one deployment share it.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Topic for records that cannot be parsed (dead letters); empty = log only.
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
+}
+
+fn default_group_id() -> String {
+    "camfleet-collector".into()
+}
+fn default_dead_letter_topic() -> String {
+    "camfleet.video.v1.dlq".into()
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Local directory (`/var/lib/camfleet/archive`) or `hdfs://namenode:port/path`.
+    pub root: String,
+    /// A segment closes at the first keyframe at or after this media duration.
+    #[serde(default = "default_segment_target_ms")]
+    pub segment_target_ms: u64,
+    /// A segment closes early when it holds this many bytes of video.
+    #[serde(default = "default_segment_max_bytes")]
+    pub segment_max_bytes: usize,
+    /// An open segment with no new frame for this long is written out.
+    #[serde(default = "default_idle_flush_ms")]
+    pub idle_flush_ms: u64,
+}
+
+const fn default_segment_target_ms() -> u64 {
+    4000
+}
+const fn default_segment_max_bytes() -> usize {
+    64 << 20
+}
+const fn default_idle_flush_ms() -> u64 {
+    10_000
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address for `/metrics` (Prometheus); empty disables the listener.
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+}
+
+fn default_http_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+impl CollectorConfig {
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.connection.validate("kafka")?;
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "is empty"));
+        }
+        let root = &self.archive.root;
+        if root.is_empty() {
+            return Err(invalid("archive.root", "is empty"));
+        }
+        if root.contains("://") && !root.starts_with("hdfs://") {
+            return Err(invalid(
+                "archive.root",
+                format!("{root:?}: only local paths and hdfs:// URLs are supported"),
+            ));
+        }
+        if !(100..=600_000).contains(&self.archive.segment_target_ms) {
+            return Err(invalid("archive.segment_target_ms", "must be 100..=600000"));
+        }
+        if self.archive.segment_max_bytes < 1 << 20 {
+            return Err(invalid("archive.segment_max_bytes", "must be at least 1048576"));
+        }
+        if self.archive.idle_flush_ms < 100 {
+            return Err(invalid("archive.idle_flush_ms", "must be at least 100"));
+        }
+        if !self.http.listen.is_empty()
+            && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "http.listen",
+                format!("{:?} is not ip:port", self.http.listen),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGENT: &str = r#"
+data_dir = "/var/lib/camfleet"
+[kafka]
+bootstrap_servers = "127.0.0.1:19092"
+[[camera]]
+id = "depot/gate"
+source = { kind = "test_pattern", width = 1280, height = 720 }
+[[camera]]
+id = "depot/yard"
+source = { kind = "y4m", path = "/srv/yard.y4m", loop_file = true }
+encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
+"#;
+
+    #[test]
+    fn agent_example_parses_with_defaults() {
+        let c = AgentConfig::from_toml(AGENT).unwrap();
+        assert_eq!(c.cameras.len(), 2);
+        assert_eq!(c.kafka.connection.topic, "camfleet.video.v1");
+        assert_eq!(c.cameras[0].encoder, EncoderConfig::default());
+        assert!(matches!(
+            c.cameras[0].source,
+            SourceConfig::TestPattern { fps: 30, unpaced: false, .. }
+        ));
+    }
+
+    fn agent_err(text: &str) -> String {
+        AgentConfig::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn agent_errors_name_the_field() {
+        let typo = AGENT.replace("bitrate_kbps", "bitrate_kpbs");
+        assert!(agent_err(&typo).contains("bitrate_kpbs"), "{}", agent_err(&typo));
+        let dup = AGENT.replace("depot/yard", "depot/gate");
+        assert!(agent_err(&dup).contains("duplicate camera id"));
+        let odd = AGENT.replace("width = 1280", "width = 1281");
+        assert!(agent_err(&odd).contains("camera[0] (depot/gate).source"));
+        let id = AGENT.replace("depot/gate", "depot gate");
+        assert!(agent_err(&id).contains("invalid camera id"));
+        let kind = AGENT.replace("\"y4m\"", "\"v4l3\"");
+        assert!(agent_err(&kind).contains("v4l3"));
+        let server = AGENT.replace("127.0.0.1:19092", "127.0.0.1");
+        assert!(agent_err(&server).contains("kafka.bootstrap_servers"));
+        let unknown_in_source = AGENT.replace("loop_file = true", "loop_file = true, fps = 5");
+        assert!(agent_err(&unknown_in_source).contains("fps"));
+    }
+
+    const COLLECTOR: &str = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:19092"
+[archive]
+root = "hdfs://127.0.0.1:19020/camfleet"
+"#;
+
+    #[test]
+    fn collector_example_parses_with_defaults() {
+        let c = CollectorConfig::from_toml(COLLECTOR).unwrap();
+        assert_eq!(c.kafka.group_id, "camfleet-collector");
+        assert_eq!(c.archive.segment_target_ms, 4000);
+        assert_eq!(c.http.listen, "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn collector_rejects_unknown_archive_schemes() {
+        let s3 = COLLECTOR.replace("hdfs://", "s3://");
+        let e = CollectorConfig::from_toml(&s3).unwrap_err().to_string();
+        assert!(e.contains("archive.root"), "{e}");
+    }
+}
