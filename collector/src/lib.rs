@@ -1,0 +1,11 @@
+//! camfleet-collector: consumes camera video from Kafka and archives it as
+//! GOP-aligned MPEG-TS segments (local directory or HDFS).
+//!
+//! `main.rs` is thin; [`app`] holds the loop. See ARCHITECTURE.md.
+
+pub mod app;
+pub mod archive;
+pub mod consume;
+pub mod continuity;
+pub mod segmenter;
+pub mod stats;

@@ -1,1 +1,98 @@
-fn main() {}
+use anyhow::Context;
+use camfleet_collector::archive::AnyArchive;
+use camfleet_collector::stats::Stats;
+use camfleet_shared::config::CollectorConfig;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// camfleet central collector: consumes camera video from Kafka and archives it.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume and archive until SIGTERM/SIGINT; prints a JSON summary at exit.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check the config (and, with --check-archive, that the archive root is writable).
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        check_archive: bool,
+    },
+}
+
+fn load(path: &Path) -> anyhow::Result<CollectorConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    CollectorConfig::from_toml(&text).with_context(|| format!("invalid config {}", path.display()))
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,librdkafka=warn,hdfs_native=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("camfleet-collector: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Validate {
+            config,
+            check_archive,
+        } => {
+            let cfg = load(&config)?;
+            if check_archive {
+                AnyArchive::open(&cfg.archive.root).await?;
+                println!("ok archive {}", cfg.archive.root);
+            }
+            println!("config {} is valid", config.display());
+            Ok(())
+        }
+        Command::Run { config } => {
+            let cfg = load(&config)?;
+            if !cfg.http.listen.is_empty() {
+                let addr: std::net::SocketAddr = cfg.http.listen.parse()?;
+                metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .with_http_listener(addr)
+                    .install()
+                    .with_context(|| format!("cannot serve /metrics on {addr}"))?;
+                Stats::describe();
+            }
+            let archive = AnyArchive::open(&cfg.archive.root).await?;
+            let stats = Arc::new(Stats::default());
+            camfleet_collector::app::run(cfg, archive, stats.clone(), shutdown_signal()).await?;
+            println!("{}", stats.to_json());
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

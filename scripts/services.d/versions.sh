@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # read by the scripts that source this file
 # Pinned versions and paths shared by scripts/setup and scripts/services.
 # One place to bump: the Maven POMs next to this file take their versions from
 # these variables (passed as -D properties), and setup's marker files record

@@ -363,9 +363,10 @@ impl Reassembler {
         Ok(None)
     }
 
-    /// Drops partial frames (on partition revocation: the next owner replays them).
-    pub fn clear(&mut self) {
-        self.partial.clear();
+    /// Drops a camera's partial frame (its partition was revoked: the next
+    /// owner replays it from the first chunk).
+    pub fn discard(&mut self, camera: &CameraId) {
+        self.partial.remove(camera);
     }
 }
 

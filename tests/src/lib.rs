@@ -1,0 +1,341 @@
+//! Helpers for camfleet's end-to-end tests: the real services' addresses,
+//! fresh topics, the built binaries, configs in temp dirs, and independent
+//! peers (ffprobe, ffmpeg, kcat, the Java HDFS shell).
+//!
+//! The services come from `scripts/services up`, which writes `.services/env`;
+//! `scripts/test` sources it before `cargo test`. A test that finds no
+//! services fails with that instruction: it never passes silently.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Addresses of the running services.
+pub struct Services {
+    pub kafka: String,
+    pub kafka_nodes: usize,
+    pub hdfs: String,
+    pub hadoop_lib: String,
+    pub hadoop_conf: String,
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: the end-to-end tests need the real services. \
+             Run scripts/test, or `scripts/services up && . .services/env` first."
+        )
+    })
+}
+
+impl Services {
+    pub fn get() -> Self {
+        Self {
+            kafka: env("KAFKA_BOOTSTRAP"),
+            kafka_nodes: env("KAFKA_NODES").parse().expect("KAFKA_NODES is a number"),
+            hdfs: env("HDFS_URL"),
+            hadoop_lib: env("CAMFLEET_HADOOP_LIB"),
+            hadoop_conf: env("CAMFLEET_HADOOP_CONF"),
+        }
+    }
+
+    /// Creates a topic unique to this test run, so tests do not share state.
+    pub fn fresh_topic(&self, name: &str, partitions: i32) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let topic = format!("test.{name}.{}.{nanos}", std::process::id());
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka)
+            .create()
+            .expect("admin client");
+        let rf = self.kafka_nodes.min(3) as i32;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let res = rt
+            .block_on(admin.create_topics(
+                &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(rf))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+            ))
+            .expect("create topic");
+        for r in res {
+            r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+        }
+        topic
+    }
+
+    /// Runs the Java HDFS shell (an independent peer) with `args`.
+    pub fn hdfs_shell(&self, args: &[&str]) -> String {
+        let out = Command::new("java")
+            .arg("-cp")
+            .arg(format!("{}:{}/*", self.hadoop_conf, self.hadoop_lib))
+            .arg("org.apache.hadoop.fs.FsShell")
+            .arg("-fs")
+            .arg(&self.hdfs)
+            .args(args)
+            .output()
+            .expect("run java FsShell");
+        assert!(
+            out.status.success(),
+            "FsShell {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Path of a workspace binary (built by `cargo build --workspace` before the tests).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed when dropped; stderr goes to a log file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, bin: &str, args: &[&str], log_dir: &Path) -> Self {
+        let log = log_dir.join(format!("{name}.log"));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(binary(bin))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .env("RUST_LOG", "info,librdkafka=warn")
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+        Self {
+            child,
+            log,
+            name: name.into(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (e.g. libc SIGTERM = 15, SIGKILL = 9) via kill(1).
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {}", self.name);
+    }
+
+    /// Waits (bounded) for exit; returns stdout. Panics with the log on failure.
+    pub fn wait_success(mut self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut out = String::new();
+                use std::io::Read;
+                self.child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
+                assert!(
+                    status.success(),
+                    "{} exited with {status}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+                return out;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "{} did not exit within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (bounded) until `pred` holds for the log text.
+    pub fn wait_log(&self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) {
+        wait_until(timeout, what, || pred(&self.log_text()));
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 100 ms until it holds; panics after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Agent config for one test-pattern camera.
+pub fn agent_config(
+    s: &Services,
+    topic: &str,
+    data_dir: &Path,
+    camera: &str,
+    (width, height, fps): (u32, u32, u32),
+    frames: u64,
+    paced: bool,
+    extra_kafka: &str,
+) -> String {
+    format!(
+        r#"data_dir = "{data}"
+[kafka]
+bootstrap_servers = "{kafka}"
+topic = "{topic}"
+{extra_kafka}
+[[camera]]
+id = "{camera}"
+max_frames = {frames}
+source = {{ kind = "test_pattern", width = {width}, height = {height}, fps = {fps}, unpaced = {unpaced} }}
+encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 15 }}
+"#,
+        data = data_dir.display(),
+        kafka = s.kafka,
+        unpaced = !paced,
+    )
+}
+
+/// Collector config writing to `root`.
+pub fn collector_config(s: &Services, topic: &str, group: &str, root: &str, segment_ms: u64) -> String {
+    format!(
+        r#"[kafka]
+bootstrap_servers = "{kafka}"
+topic = "{topic}"
+group_id = "{group}"
+dead_letter_topic = "{topic}.dlq"
+[archive]
+root = "{root}"
+segment_target_ms = {segment_ms}
+idle_flush_ms = 1500
+[http]
+listen = ""
+"#,
+        kafka = s.kafka,
+    )
+}
+
+/// All `.ts` files under `dir`, sorted by path (= camera, hour, first seq).
+pub fn segments_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "ts")
+                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+            {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Frames ffprobe (an independent peer) counts in a file.
+pub fn ffprobe_frames(path: &Path) -> (String, u32, u32, u64) {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe is installed by scripts/setup");
+    assert!(out.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<&str> = text.trim().split(',').collect();
+    assert_eq!(f.len(), 4, "ffprobe output {text:?}");
+    (
+        f[0].to_string(),
+        f[1].parse().unwrap(),
+        f[2].parse().unwrap(),
+        f[3].parse().unwrap(),
+    )
+}
+
+/// Decodes a file with ffmpeg (a peer) and reads the test-pattern frame number of
+/// every picture.
+pub fn frame_numbers(path: &Path, width: u32, height: u32) -> Vec<u64> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "rawvideo", "-pix_fmt", "gray", "-"])
+        .output()
+        .expect("ffmpeg is installed by scripts/setup");
+    assert!(out.status.success(), "ffmpeg {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let size = (width * height) as usize;
+    assert_eq!(out.stdout.len() % size, 0, "partial picture from {}", path.display());
+    out.stdout
+        .chunks(size)
+        .map(|y| {
+            camfleet_agent::source::test_pattern::read_frame_number(y, width, width as usize)
+                .unwrap_or_else(|| panic!("no frame number in a picture of {}", path.display()))
+        })
+        .collect()
+}
+
+/// PSNR of two 8-bit planes in dB.
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mse: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    if mse == 0.0 {
+        return 99.0;
+    }
+    10.0 * (255.0f64 * 255.0 / mse).log10()
+}

@@ -1,0 +1,436 @@
+//! The collector's main loop: consume -> check continuity -> segment ->
+//! archive -> commit.
+//!
+//! Architecture Invariant (DESIGN.md invariant 3): an offset is committed only
+//! when every frame below it is durable in the archive or was dead-lettered.
+//! The committed offset of partition `p` is the minimum of
+//! * the first offset of every open (unarchived) segment from `p`,
+//! * the first chunk offset of every partially reassembled frame from `p`,
+//! * one past the last record consumed from `p`;
+//! and the commit carries each camera's archived watermark, so a replay skips
+//! frames already archived and rebuilds the open segments with the same
+//! names. Archive writes are awaited in line: a slow archive slows
+//! consumption (Kafka holds the backlog) instead of growing memory.
+
+use crate::archive::{mpegts, segment_path, Archive, ArchiveError};
+use crate::consume::{self, RebalanceLog};
+use crate::continuity::{Continuity, Verdict};
+use crate::segmenter::{Segment, SegmentFrame, SegmentPolicy, Segmenter};
+use crate::stats::Stats;
+use bytes::Bytes;
+use camfleet_shared::config::CollectorConfig;
+use camfleet_shared::wire::{self, Reassembler};
+use camfleet_shared::CameraId;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Time allowed at shutdown to write open segments and commit.
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(8);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error("Kafka: {0}")]
+    Kafka(String),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+pub struct Collector<A: Archive> {
+    config: CollectorConfig,
+    archive: A,
+    consumer: StreamConsumer<RebalanceLog>,
+    dead_letters: Option<FutureProducer>,
+    segmenter: Segmenter,
+    continuity: Continuity,
+    reassembler: Reassembler,
+    /// Camera -> (partition, offset of the first chunk) of a frame being reassembled.
+    partial: HashMap<CameraId, (i32, i64)>,
+    /// One past the last offset consumed, per partition.
+    consumed: BTreeMap<i32, i64>,
+    /// Partitions whose archived watermarks were read from their commit.
+    loaded: HashSet<i32>,
+    /// Last commit sent per partition (offset, metadata), to skip no-op commits.
+    committed: HashMap<i32, (i64, String)>,
+    stats: Arc<Stats>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<A: Archive> Collector<A> {
+    pub fn new(
+        config: CollectorConfig,
+        archive: A,
+        stats: Arc<Stats>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, CollectorError> {
+        let consumer: StreamConsumer<RebalanceLog> = consume::consumer_config(&config.kafka)
+            .create_with_context(RebalanceLog::default())
+            .map_err(|e| CollectorError::Kafka(format!("consumer: {e}")))?;
+        consumer
+            .subscribe(&[&config.kafka.connection.topic])
+            .map_err(|e| CollectorError::Kafka(format!("subscribe: {e}")))?;
+        let dead_letters = if config.kafka.dead_letter_topic.is_empty() {
+            None
+        } else {
+            Some(
+                consume::dead_letter_producer_config(&config.kafka)
+                    .create()
+                    .map_err(|e| CollectorError::Kafka(format!("dead-letter producer: {e}")))?,
+            )
+        };
+        let policy = SegmentPolicy {
+            target_90k: config.archive.segment_target_ms * 90,
+            max_bytes: config.archive.segment_max_bytes,
+            idle: Duration::from_millis(config.archive.idle_flush_ms),
+        };
+        Ok(Self {
+            config,
+            archive,
+            consumer,
+            dead_letters,
+            segmenter: Segmenter::new(policy),
+            continuity: Continuity::default(),
+            reassembler: Reassembler::default(),
+            partial: HashMap::new(),
+            consumed: BTreeMap::new(),
+            loaded: HashSet::new(),
+            committed: HashMap::new(),
+            stats,
+            shutdown,
+        })
+    }
+
+    /// Runs until shutdown is signalled, then writes open segments and commits.
+    pub async fn run(mut self) -> Result<(), CollectorError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                msg = self.consumer.recv() => {
+                    let msg = msg.map(|m| m.detach());
+                    self.apply_revocations();
+                    match msg {
+                        Ok(m) => {
+                            self.handle(m).await?;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Kafka consume error");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    for seg in self.segmenter.close_idle(Instant::now()) {
+                        if !self.archive_segment(seg).await? {
+                            break;
+                        }
+                    }
+                    self.commit(CommitMode::Async);
+                }
+            }
+        }
+        self.drain().await
+    }
+
+    /// Graceful stop: archive open segments within the budget, commit, leave.
+    async fn drain(mut self) -> Result<(), CollectorError> {
+        tracing::info!(open = self.segmenter.open_segments(), "shutdown: closing open segments");
+        let deadline = Instant::now() + SHUTDOWN_BUDGET;
+        for seg in self.segmenter.close_all() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let camera = seg.camera.clone();
+            match tokio::time::timeout(left, self.put_once(&seg)).await {
+                Ok(Ok(())) => self.mark_archived(&seg),
+                // Not committed, so the next owner replays it.
+                Ok(Err(e)) => tracing::warn!(%camera, error = %e, "segment left for replay"),
+                Err(_) => tracing::warn!(%camera, "shutdown budget spent; segment left for replay"),
+            }
+        }
+        self.commit(CommitMode::Sync);
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    fn apply_revocations(&mut self) {
+        for p in self.consumer.context().take_revoked() {
+            let dropped = self.segmenter.discard_partition(p);
+            self.continuity.discard_partition(p);
+            let cams: Vec<CameraId> = self
+                .partial
+                .iter()
+                .filter(|(_, (pp, _))| *pp == p)
+                .map(|(c, _)| c.clone())
+                .collect();
+            for c in cams {
+                self.partial.remove(&c);
+                self.reassembler.discard(&c);
+            }
+            self.consumed.remove(&p);
+            self.loaded.remove(&p);
+            self.committed.remove(&p);
+            tracing::info!(partition = p, dropped_open_segments = dropped, "partition handed over");
+        }
+    }
+
+    /// Reads the archived watermarks from partition `p`'s committed metadata.
+    fn load_watermarks(&mut self, p: i32) -> Result<(), CollectorError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.config.kafka.connection.topic, p);
+        let mut last_err = String::new();
+        for attempt in 1..=10 {
+            let result = tokio::task::block_in_place(|| {
+                self.consumer.committed_offsets(tpl.clone(), Duration::from_secs(10))
+            });
+            match result {
+                Ok(c) => {
+                    let metadata = c.elements().first().map(|e| e.metadata().to_string()).unwrap_or_default();
+                    let w = consume::decode_watermarks(&metadata);
+                    tracing::info!(partition = p, cameras = w.len(), "archived watermarks loaded");
+                    self.continuity.load(p, w);
+                    self.loaded.insert(p);
+                    return Ok(());
+                }
+                Err(e) => {
+                    last_err = e.to_string();
+                    tracing::warn!(partition = p, attempt, error = %e, "cannot read committed offsets");
+                }
+            }
+        }
+        Err(CollectorError::Kafka(format!(
+            "committed offsets of partition {p}: {last_err}"
+        )))
+    }
+
+    async fn handle(&mut self, msg: OwnedMessage) -> Result<(), CollectorError> {
+        let (p, offset) = (msg.partition(), msg.offset());
+        if !self.loaded.contains(&p) {
+            self.load_watermarks(p)?;
+        }
+        self.stats.records_consumed(1);
+        let headers: Vec<(&str, Option<&[u8]>)> = msg
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+            .unwrap_or_default();
+        // Whole frame, its bytes, and the offset of its first record.
+        let parsed = wire::parse(msg.key(), headers).and_then(|(meta, chunk)| {
+            let payload = msg.payload().unwrap_or_default();
+            let camera = meta.camera.clone();
+            if chunk.is_some_and(|c| c.index == 0) {
+                self.partial.insert(camera.clone(), (p, offset));
+            }
+            let whole = self.reassembler.push(meta, chunk, payload);
+            let first_offset = match (&whole, chunk) {
+                (Ok(None), _) => return Ok(None),
+                (_, Some(_)) => self.partial.remove(&camera).map_or(offset, |(_, o)| o),
+                (_, None) => offset,
+            };
+            if whole.is_err() {
+                self.partial.remove(&camera);
+            }
+            whole.map(|w| w.map(|(meta, bytes)| (meta, bytes, first_offset)))
+        });
+        match parsed {
+            Err(e) => self.dead_letter(&msg, &e.to_string()).await?,
+            Ok(None) => {}
+            Ok(Some((_, bytes, _))) if bytes.is_empty() => {
+                self.dead_letter(&msg, "record value is empty").await?
+            }
+            Ok(Some((meta, bytes, first_offset))) => {
+                match self.continuity.check(&meta, p) {
+                    Verdict::Archived => self.stats.frames_already_archived(1),
+                    Verdict::Duplicate => self.stats.frames_duplicate(1),
+                    Verdict::Accept { missing } => {
+                        if missing > 0 {
+                            self.stats.sequence_gaps(1);
+                            self.stats.sequence_gap_frames(missing);
+                            tracing::warn!(camera = %meta.camera, seq = meta.seq, missing, "sequence gap");
+                        }
+                        self.stats.frames_accepted(1);
+                        let frame = SegmentFrame {
+                            meta,
+                            annex_b: bytes,
+                            partition: p,
+                            offset: first_offset,
+                        };
+                        if let Some(seg) = self.segmenter.push(frame, Instant::now()) {
+                            if self.archive_segment(seg).await? {
+                                self.consumed.insert(p, offset + 1);
+                                self.commit(CommitMode::Async);
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.consumed.insert(p, offset + 1);
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, msg: &OwnedMessage, reason: &str) -> Result<(), CollectorError> {
+        self.stats.dead_letter_records(1);
+        tracing::warn!(partition = msg.partition(), offset = msg.offset(), reason, "malformed record");
+        let Some(producer) = &self.dead_letters else {
+            return Ok(());
+        };
+        let source = format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset());
+        let mut headers = OwnedHeaders::new();
+        if let Some(h) = msg.headers() {
+            for h in h.iter() {
+                headers = headers.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        headers = headers
+            .insert(Header { key: "cf.dlq.error", value: Some(reason) })
+            .insert(Header { key: "cf.dlq.source", value: Some(&source) });
+        let mut record = FutureRecord::to(&self.config.kafka.dead_letter_topic).headers(headers);
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        if let Some(v) = msg.payload() {
+            record = record.payload(v);
+        }
+        // Awaited: the offset must not be committed past a record that is in neither place.
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| CollectorError::Kafka(format!("dead-letter write: {e}")))?;
+        Ok(())
+    }
+
+    /// Muxes and writes one segment, retrying until it is durable.
+    /// Returns false if shutdown interrupted the retries (segment not archived).
+    async fn archive_segment(&mut self, seg: Segment) -> Result<bool, CollectorError> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.put_once(&seg).await {
+                Ok(()) => {
+                    self.mark_archived(&seg);
+                    return Ok(true);
+                }
+                Err(e) => {
+                    self.stats.archive_retries(1);
+                    tracing::warn!(camera = %seg.camera, error = %e, retry_in_ms = backoff.as_millis() as u64, "archive write failed");
+                    let mut shutdown = self.shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {
+                            // Put it back so drain() can make one last attempt.
+                            for f in seg.frames {
+                                self.segmenter.push(f, Instant::now());
+                            }
+                            return Ok(false);
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn put_once(&self, seg: &Segment) -> Result<(), ArchiveError> {
+        let frames: Vec<mpegts::TsFrame<'_>> = seg
+            .frames
+            .iter()
+            .map(|f| mpegts::TsFrame {
+                pts_90k: f.meta.pts_90k,
+                keyframe: f.meta.keyframe,
+                annex_b: &f.annex_b,
+            })
+            .collect();
+        let ts = mpegts::mux_segment(&frames);
+        let first = &seg.first().meta;
+        let path = segment_path(&seg.camera, first.seq, first.capture_us);
+        let len = ts.len();
+        self.archive.put(&path, Bytes::from(ts)).await?;
+        tracing::info!(
+            location = %self.archive.location(&path),
+            frames = seg.frames.len(),
+            bytes = len,
+            first_seq = first.seq,
+            last_seq = seg.last().meta.seq,
+            reason = ?seg.reason,
+            "segment archived"
+        );
+        self.stats.archive_bytes(len as u64);
+        Ok(())
+    }
+
+    fn mark_archived(&mut self, seg: &Segment) {
+        self.continuity.archived(&seg.camera, seg.last().meta.seq);
+        self.stats.segments_written(1);
+        self.stats.frames_archived(seg.frames.len() as u64);
+    }
+
+    /// Commits every partition whose safe offset or watermarks changed.
+    fn commit(&mut self, mode: CommitMode) {
+        let topic = self.config.kafka.connection.topic.clone();
+        let mut tpl = TopicPartitionList::new();
+        let mut sent = Vec::new();
+        let partitions: BTreeSet<i32> = self.consumed.keys().copied().collect();
+        for p in partitions {
+            let mut safe = self.consumed[&p];
+            if let Some(o) = self.segmenter.lowest_open_offset(p) {
+                safe = safe.min(o);
+            }
+            for (pp, o) in self.partial.values() {
+                if *pp == p {
+                    safe = safe.min(*o);
+                }
+            }
+            let metadata = consume::encode_watermarks(&self.continuity.watermarks(p));
+            if self.committed.get(&p) == Some(&(safe, metadata.clone())) {
+                continue;
+            }
+            let Ok(elem) = tpl.add_partition_offset(&topic, p, Offset::Offset(safe)) else {
+                continue;
+            };
+            let _ = elem;
+            if let Some(mut e) = tpl.find_partition(&topic, p) {
+                e.set_metadata(metadata.clone());
+            }
+            sent.push((p, safe, metadata));
+        }
+        if sent.is_empty() {
+            return;
+        }
+        match self.consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                self.stats.offset_commits(1);
+                for (p, safe, metadata) in sent {
+                    self.committed.insert(p, (safe, metadata));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
+        }
+    }
+}
+
+/// Builds the archive named in the config and runs a collector until `shutdown`.
+pub async fn run<A: Archive>(
+    config: CollectorConfig,
+    archive: A,
+    stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), CollectorError> {
+    let (tx, rx) = watch::channel(false);
+    let collector = Collector::new(config, archive, stats, rx)?;
+    let run = collector.run();
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => return r,
+        () = shutdown => {
+            tracing::info!("shutdown requested");
+            let _ = tx.send(true);
+        }
+    }
+    run.await
+}
