@@ -8,9 +8,10 @@
 //
 // Data is kept across restarts: the first start formats <base-dir> and drops a
 // marker file; later starts reuse the same name/data dirs (format(false)).
-// SIGTERM/SIGINT shut the cluster down cleanly through a signal handler (not a
-// JVM shutdown hook: DataNode shutdown removes Hadoop shutdown hooks, which
-// throws "Shutdown in progress" once the JVM is already exiting).
+// SIGTERM/SIGINT stop the DataNode and NameNode cleanly through a signal
+// handler (not a JVM shutdown hook: DataNode shutdown removes Hadoop shutdown
+// hooks, which throws "Shutdown in progress" once the JVM is already exiting).
+// SIGKILL is safe too: the NameNode syncs its edit log on every operation.
 
 import java.io.File;
 import java.nio.file.Files;
@@ -54,7 +55,11 @@ public class MiniHdfs {
             Signal.handle(new Signal(name), sig -> {
                 System.err.println("MiniHdfs: SIG" + sig.getName() + ", shutting down");
                 try {
-                    cluster.shutdown();
+                    // Not cluster.shutdown(): that always schedules the whole
+                    // base dir for deletion at JVM exit (FileUtil
+                    // .fullyDeleteOnExit), which would lose the data.
+                    cluster.shutdownDataNodes();
+                    cluster.shutdownNameNodes();
                 } finally {
                     System.exit(0);
                 }
