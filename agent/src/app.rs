@@ -85,12 +85,11 @@ pub async fn run<S: FrameSink>(
             camera: cam.id.to_string(),
             source,
         })?;
-        let encoder = H264Encoder::new(src.format(), &cam.encoder).map_err(|source| {
-            AgentError::Encoder {
+        let encoder =
+            H264Encoder::new(src.format(), &cam.encoder).map_err(|source| AgentError::Encoder {
                 camera: cam.id.to_string(),
                 source,
-            }
-        })?;
+            })?;
         let seq = SequenceStore::open(&config.data_dir, cam.id.site(), cam.id.camera())?;
         cameras.push((cam.clone(), src, encoder, seq));
     }
@@ -149,7 +148,8 @@ async fn run_camera<S: FrameSink>(
     // Capture thread.
     let (raw_tx, raw_rx) = std_mpsc::sync_channel::<(crate::source::RawFrame, u64)>(4);
     let capture = {
-        let (stats, stop, clock, camera) = (stats.clone(), stop.clone(), clock.clone(), camera.clone());
+        let (stats, stop, clock, camera) =
+            (stats.clone(), stop.clone(), clock.clone(), camera.clone());
         let max_frames = cam.max_frames;
         std::thread::Builder::new()
             .name(format!("capture {camera}"))
@@ -157,7 +157,9 @@ async fn run_camera<S: FrameSink>(
                 let live = src.is_live();
                 let mut produced = 0u64;
                 while !stop.load(Relaxed) && max_frames.is_none_or(|m| produced < m) {
-                    let Some(frame) = src.next_frame()? else { break };
+                    let Some(frame) = src.next_frame()? else {
+                        break;
+                    };
                     let captured_us = clock.now_us();
                     stats.frames_captured.fetch_add(1, Relaxed);
                     produced += 1;
@@ -198,7 +200,9 @@ async fn run_camera<S: FrameSink>(
                             continue;
                         }
                     };
-                    stats.encode_ns.fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+                    stats
+                        .encode_ns
+                        .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
                     // Media time counts from the first frame of this epoch.
                     let base = *first_index.get_or_insert(frame.index);
                     let meta = FrameMeta {
@@ -214,8 +218,12 @@ async fn run_camera<S: FrameSink>(
                         epoch,
                     };
                     stats.frames_encoded.fetch_add(1, Relaxed);
-                    stats.keyframes_encoded.fetch_add(out.keyframe as u64, Relaxed);
-                    stats.bytes_encoded.fetch_add(out.annex_b.len() as u64, Relaxed);
+                    stats
+                        .keyframes_encoded
+                        .fetch_add(out.keyframe as u64, Relaxed);
+                    stats
+                        .bytes_encoded
+                        .fetch_add(out.annex_b.len() as u64, Relaxed);
                     if enc_tx
                         .blocking_send(EncodedFrame {
                             meta,

@@ -154,7 +154,10 @@ mod tests {
             let types = nal_types(&out.annex_b);
             if out.keyframe {
                 keyframes.push(i);
-                assert!(types.contains(&7) && types.contains(&8), "IDR {i}: {types:?}");
+                assert!(
+                    types.contains(&7) && types.contains(&8),
+                    "IDR {i}: {types:?}"
+                );
                 assert!(types.contains(&5), "IDR {i} has no IDR slice: {types:?}");
             } else {
                 assert!(!types.contains(&5) && !types.contains(&7), "{i}: {types:?}");

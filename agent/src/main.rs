@@ -44,6 +44,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info,librdkafka=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match real_main(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -68,7 +69,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 let f = src.format();
                 camfleet_agent::encode::H264Encoder::new(f, &cam.encoder)
                     .with_context(|| format!("camera {}", cam.id))?;
-                println!("ok camera {} {}x{} @ {} fps", cam.id, f.width, f.height, f.fps);
+                println!(
+                    "ok camera {} {}x{} @ {} fps",
+                    cam.id, f.width, f.height, f.fps
+                );
             }
             if check_kafka {
                 let sink = KafkaSink::new(&cfg.kafka)?;

@@ -110,7 +110,9 @@ impl SequenceStore {
         writeln!(f, "{bound} {} {}", self.epoch, clean as u8).map_err(err)?;
         f.sync_all().map_err(err)?;
         fs::rename(&tmp, &self.path).map_err(err)?;
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
         Ok(())
     }
 }
@@ -147,7 +149,9 @@ mod tests {
         let path = dir.path().join("sequence/site/cam");
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, "garbage").unwrap();
-        let e = SequenceStore::open(dir.path(), "site", "cam").err().unwrap();
+        let e = SequenceStore::open(dir.path(), "site", "cam")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("sequence/site/cam"), "{e}");
     }
 }

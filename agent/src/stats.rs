@@ -43,7 +43,13 @@ impl CameraStats {
         Some((at(0.5), at(0.99), *v.last().expect("not empty")))
     }
 
-    pub fn summary(&self, camera: &str, seq_first: Option<u64>, seq_next: u64, epoch: u64) -> serde_json::Value {
+    pub fn summary(
+        &self,
+        camera: &str,
+        seq_first: Option<u64>,
+        seq_next: u64,
+        epoch: u64,
+    ) -> serde_json::Value {
         let lat = self.ack_latency_us();
         json!({
             "camera": camera,

@@ -142,7 +142,10 @@ impl<A: Archive> Collector<A> {
 
     /// Graceful stop: archive open segments within the budget, commit, leave.
     async fn drain(mut self) -> Result<(), CollectorError> {
-        tracing::info!(open = self.segmenter.open_segments(), "shutdown: closing open segments");
+        tracing::info!(
+            open = self.segmenter.open_segments(),
+            "shutdown: closing open segments"
+        );
         let deadline = Instant::now() + SHUTDOWN_BUDGET;
         for seg in self.segmenter.close_all() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -176,7 +179,11 @@ impl<A: Archive> Collector<A> {
             self.consumed.remove(&p);
             self.loaded.remove(&p);
             self.committed.remove(&p);
-            tracing::info!(partition = p, dropped_open_segments = dropped, "partition handed over");
+            tracing::info!(
+                partition = p,
+                dropped_open_segments = dropped,
+                "partition handed over"
+            );
         }
     }
 
@@ -187,13 +194,22 @@ impl<A: Archive> Collector<A> {
         let mut last_err = String::new();
         for attempt in 1..=10 {
             let result = tokio::task::block_in_place(|| {
-                self.consumer.committed_offsets(tpl.clone(), Duration::from_secs(10))
+                self.consumer
+                    .committed_offsets(tpl.clone(), Duration::from_secs(10))
             });
             match result {
                 Ok(c) => {
-                    let metadata = c.elements().first().map(|e| e.metadata().to_string()).unwrap_or_default();
+                    let metadata = c
+                        .elements()
+                        .first()
+                        .map(|e| e.metadata().to_string())
+                        .unwrap_or_default();
                     let w = consume::decode_watermarks(&metadata);
-                    tracing::info!(partition = p, cameras = w.len(), "archived watermarks loaded");
+                    tracing::info!(
+                        partition = p,
+                        cameras = w.len(),
+                        "archived watermarks loaded"
+                    );
                     self.continuity.load(p, w);
                     self.loaded.insert(p);
                     return Ok(());
@@ -243,41 +259,48 @@ impl<A: Archive> Collector<A> {
             Ok(Some((_, bytes, _))) if bytes.is_empty() => {
                 self.dead_letter(&msg, "record value is empty").await?
             }
-            Ok(Some((meta, bytes, first_offset))) => {
-                match self.continuity.check(&meta, p) {
-                    Verdict::Archived => self.stats.frames_already_archived(1),
-                    Verdict::Duplicate => self.stats.frames_duplicate(1),
-                    Verdict::Accept { missing } => {
-                        if missing > 0 {
-                            self.stats.sequence_gaps(1);
-                            self.stats.sequence_gap_frames(missing);
-                            tracing::warn!(camera = %meta.camera, seq = meta.seq, missing, "sequence gap");
-                        }
-                        self.stats.frames_accepted(1);
-                        let frame = SegmentFrame {
-                            meta,
-                            annex_b: bytes,
-                            partition: p,
-                            offset: first_offset,
-                        };
-                        if let Some(seg) = self.segmenter.push(frame, Instant::now()) {
-                            if self.archive_segment(seg).await? {
-                                self.consumed.insert(p, offset + 1);
-                                self.commit(CommitMode::Async);
-                                return Ok(());
-                            }
+            Ok(Some((meta, bytes, first_offset))) => match self.continuity.check(&meta, p) {
+                Verdict::Archived => self.stats.frames_already_archived(1),
+                Verdict::Duplicate => self.stats.frames_duplicate(1),
+                Verdict::Accept { missing } => {
+                    if missing > 0 {
+                        self.stats.sequence_gaps(1);
+                        self.stats.sequence_gap_frames(missing);
+                        tracing::warn!(camera = %meta.camera, seq = meta.seq, missing, "sequence gap");
+                    }
+                    self.stats.frames_accepted(1);
+                    let frame = SegmentFrame {
+                        meta,
+                        annex_b: bytes,
+                        partition: p,
+                        offset: first_offset,
+                    };
+                    if let Some(seg) = self.segmenter.push(frame, Instant::now()) {
+                        if self.archive_segment(seg).await? {
+                            self.consumed.insert(p, offset + 1);
+                            self.commit(CommitMode::Async);
+                            return Ok(());
                         }
                     }
                 }
-            }
+            },
         }
         self.consumed.insert(p, offset + 1);
         Ok(())
     }
 
-    async fn dead_letter(&mut self, msg: &OwnedMessage, reason: &str) -> Result<(), CollectorError> {
+    async fn dead_letter(
+        &mut self,
+        msg: &OwnedMessage,
+        reason: &str,
+    ) -> Result<(), CollectorError> {
         self.stats.dead_letter_records(1);
-        tracing::warn!(partition = msg.partition(), offset = msg.offset(), reason, "malformed record");
+        tracing::warn!(
+            partition = msg.partition(),
+            offset = msg.offset(),
+            reason,
+            "malformed record"
+        );
         let Some(producer) = &self.dead_letters else {
             return Ok(());
         };
@@ -285,12 +308,21 @@ impl<A: Archive> Collector<A> {
         let mut headers = OwnedHeaders::new();
         if let Some(h) = msg.headers() {
             for h in h.iter() {
-                headers = headers.insert(Header { key: h.key, value: h.value });
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
             }
         }
         headers = headers
-            .insert(Header { key: "cf.dlq.error", value: Some(reason) })
-            .insert(Header { key: "cf.dlq.source", value: Some(&source) });
+            .insert(Header {
+                key: "cf.dlq.error",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "cf.dlq.source",
+                value: Some(&source),
+            });
         let mut record = FutureRecord::to(&self.config.kafka.dead_letter_topic).headers(headers);
         if let Some(k) = msg.key() {
             record = record.key(k);

@@ -59,6 +59,10 @@ pub fn consumer_config(config: &CollectorKafkaConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("max.partition.fetch.bytes", (8 << 20).to_string())
+        // A collector that dies (SIGKILL, host loss) hands its partitions to the
+        // others after 10 s instead of librdkafka's 45 s default.
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000")
         .set("client.id", "camfleet-collector");
     for (k, v) in &config.connection.librdkafka_options {
         c.set(k, v);

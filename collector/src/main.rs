@@ -43,6 +43,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info,librdkafka=warn,hdfs_native=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match real_main(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -88,13 +88,19 @@ impl Segmenter {
         let mut closed = None;
         if let Some(open) = self.open.get(&camera) {
             let first = &open.frames[0].meta;
-            let last = &open.frames.last().expect("open segments are never empty").meta;
+            let last = &open
+                .frames
+                .last()
+                .expect("open segments are never empty")
+                .meta;
             let f = &frame.meta;
             let reason = if f.epoch != first.epoch {
                 Some(CutReason::Epoch)
             } else if f.seq != last.seq + 1 {
                 Some(CutReason::Gap)
-            } else if f.keyframe && f.pts_90k.saturating_sub(first.pts_90k) >= self.policy.target_90k {
+            } else if f.keyframe
+                && f.pts_90k.saturating_sub(first.pts_90k) >= self.policy.target_90k
+            {
                 Some(CutReason::Duration)
             } else if open.bytes + frame.annex_b.len() > self.policy.max_bytes {
                 Some(CutReason::Size)
@@ -209,7 +215,11 @@ mod tests {
             .filter_map(|f| s.push(f, now))
             .map(|seg| (seg.first().meta.seq, seg.frames.len(), seg.reason))
             .collect();
-        out.extend(s.close_all().into_iter().map(|seg| (seg.first().meta.seq, seg.frames.len(), seg.reason)));
+        out.extend(
+            s.close_all()
+                .into_iter()
+                .map(|seg| (seg.first().meta.seq, seg.frames.len(), seg.reason)),
+        );
         out
     }
 
@@ -219,7 +229,11 @@ mod tests {
         let got = cuts((0..200).map(|i| frame("s/a", i, i % 45 == 0, 1, i as i64)));
         assert_eq!(
             got,
-            [(0, 90, CutReason::Duration), (90, 90, CutReason::Duration), (180, 20, CutReason::Shutdown)]
+            [
+                (0, 90, CutReason::Duration),
+                (90, 90, CutReason::Duration),
+                (180, 20, CutReason::Shutdown)
+            ]
         );
     }
 
@@ -238,7 +252,11 @@ mod tests {
             .chain((15..20).map(|i| frame("s/a", i, i == 15, 2, i as i64)));
         assert_eq!(
             cuts(frames),
-            [(0, 10, CutReason::Gap), (12, 3, CutReason::Epoch), (15, 5, CutReason::Shutdown)]
+            [
+                (0, 10, CutReason::Gap),
+                (12, 3, CutReason::Epoch),
+                (15, 5, CutReason::Shutdown)
+            ]
         );
     }
 

@@ -26,7 +26,9 @@ impl CameraId {
             id: id.to_string(),
             reason,
         };
-        let slash = id.find('/').ok_or_else(|| err("no `/` between site and camera"))?;
+        let slash = id
+            .find('/')
+            .ok_or_else(|| err("no `/` between site and camera"))?;
         let (site, camera) = (&id[..slash], &id[slash + 1..]);
         for part in [site, camera] {
             if part.is_empty() || part.len() > 64 {
@@ -100,7 +102,9 @@ mod tests {
 
     #[test]
     fn rejects_paths_that_escape_the_archive() {
-        for bad in ["", "nosite", "/cam", "site/", "../cam", "site/..", "a/b/c", "a b/c", "s/ü"] {
+        for bad in [
+            "", "nosite", "/cam", "site/", "../cam", "site/..", "a/b/c", "a b/c", "s/ü",
+        ] {
             assert!(CameraId::new(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -202,7 +202,10 @@ impl AgentConfig {
             return Err(invalid("kafka.max_record_bytes", "must be 1024..=67108864"));
         }
         if self.kafka.delivery_timeout_ms < 1000 {
-            return Err(invalid("kafka.delivery_timeout_ms", "must be at least 1000"));
+            return Err(invalid(
+                "kafka.delivery_timeout_ms",
+                "must be at least 1000",
+            ));
         }
         if self.cameras.is_empty() {
             return Err(invalid("camera", "no [[camera]] configured"));
@@ -349,13 +352,15 @@ impl CollectorConfig {
             return Err(invalid("archive.segment_target_ms", "must be 100..=600000"));
         }
         if self.archive.segment_max_bytes < 1 << 20 {
-            return Err(invalid("archive.segment_max_bytes", "must be at least 1048576"));
+            return Err(invalid(
+                "archive.segment_max_bytes",
+                "must be at least 1048576",
+            ));
         }
         if self.archive.idle_flush_ms < 100 {
             return Err(invalid("archive.idle_flush_ms", "must be at least 100"));
         }
-        if !self.http.listen.is_empty()
-            && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(invalid(
                 "http.listen",
@@ -391,7 +396,11 @@ encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
         assert_eq!(c.cameras[0].encoder, EncoderConfig::default());
         assert!(matches!(
             c.cameras[0].source,
-            SourceConfig::TestPattern { fps: 30, unpaced: false, .. }
+            SourceConfig::TestPattern {
+                fps: 30,
+                unpaced: false,
+                ..
+            }
         ));
     }
 
@@ -402,7 +411,11 @@ encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
     #[test]
     fn agent_errors_name_the_field() {
         let typo = AGENT.replace("bitrate_kbps", "bitrate_kpbs");
-        assert!(agent_err(&typo).contains("bitrate_kpbs"), "{}", agent_err(&typo));
+        assert!(
+            agent_err(&typo).contains("bitrate_kpbs"),
+            "{}",
+            agent_err(&typo)
+        );
         let dup = AGENT.replace("depot/yard", "depot/gate");
         assert!(agent_err(&dup).contains("duplicate camera id"));
         let odd = AGENT.replace("width = 1280", "width = 1281");

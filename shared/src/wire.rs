@@ -155,7 +155,10 @@ pub fn headers(meta: &FrameMeta, chunk: Option<Chunk>) -> Vec<(&'static str, Str
         (header::SEQ, meta.seq.to_string()),
         (header::CAPTURE_US, meta.capture_us.to_string()),
         (header::PTS_90K, meta.pts_90k.to_string()),
-        (header::KEY, if meta.keyframe { "1" } else { "0" }.to_string()),
+        (
+            header::KEY,
+            if meta.keyframe { "1" } else { "0" }.to_string(),
+        ),
         (header::WIDTH, meta.width.to_string()),
         (header::HEIGHT, meta.height.to_string()),
         (header::FPS, meta.fps.to_string()),
@@ -435,7 +438,10 @@ mod tests {
 
         let mut h = headers(&meta(), None);
         h[0].1 = "2".into();
-        assert!(matches!(parse(None, as_pairs(&h)), Err(WireError::Version(_))));
+        assert!(matches!(
+            parse(None, as_pairs(&h)),
+            Err(WireError::Version(_))
+        ));
 
         let h = headers(&meta(), None);
         assert!(matches!(
@@ -459,7 +465,14 @@ mod tests {
         let mut r = Reassembler::default();
         for (i, range) in ranges.iter().enumerate() {
             let out = r
-                .push(meta(), Some(Chunk { index: i as u32, count: n }), &payload[range.clone()])
+                .push(
+                    meta(),
+                    Some(Chunk {
+                        index: i as u32,
+                        count: n,
+                    }),
+                    &payload[range.clone()],
+                )
                 .unwrap();
             if i + 1 < ranges.len() {
                 assert!(out.is_none());
@@ -468,8 +481,11 @@ mod tests {
             }
         }
         // A missing middle chunk is reported, not glued into a corrupt frame.
-        r.push(meta(), Some(Chunk { index: 0, count: 3 }), b"a").unwrap();
-        assert!(r.push(meta(), Some(Chunk { index: 2, count: 3 }), b"c").is_err());
+        r.push(meta(), Some(Chunk { index: 0, count: 3 }), b"a")
+            .unwrap();
+        assert!(r
+            .push(meta(), Some(Chunk { index: 2, count: 3 }), b"c")
+            .is_err());
         // And the reassembler recovers for the next frame.
         let mut next = meta();
         next.seq += 1;

@@ -60,7 +60,11 @@ impl Services {
             .unwrap();
         let res = rt
             .block_on(admin.create_topics(
-                &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(rf))],
+                &[NewTopic::new(
+                    &topic,
+                    partitions,
+                    TopicReplication::Fixed(rf),
+                )],
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
             ))
             .expect("create topic");
@@ -116,7 +120,7 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, bin: &str, args: &[&str], log_dir: &Path) -> Self {
-        let log = log_dir.join(format!("{name}.log"));
+        let log = log_dir.join(format!("{}.log", name.replace('/', "-")));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -186,7 +190,17 @@ impl Proc {
 
     /// Waits (bounded) until `pred` holds for the log text.
     pub fn wait_log(&self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) {
-        wait_until(timeout, what, || pred(&self.log_text()));
+        let deadline = Instant::now() + timeout;
+        while !pred(&self.log_text()) {
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; {} log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -201,7 +215,10 @@ impl Drop for Proc {
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -236,13 +253,21 @@ encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 15 }}
 }
 
 /// Collector config writing to `root`.
-pub fn collector_config(s: &Services, topic: &str, group: &str, root: &str, segment_ms: u64) -> String {
+pub fn collector_config(
+    s: &Services,
+    topic: &str,
+    group: &str,
+    root: &str,
+    segment_ms: u64,
+) -> String {
     format!(
         r#"[kafka]
 bootstrap_servers = "{kafka}"
 topic = "{topic}"
 group_id = "{group}"
 dead_letter_topic = "{topic}.dlq"
+# The broker's minimum: a killed collector's partitions move on quickly.
+librdkafka_options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "2000" }}
 [archive]
 root = "{root}"
 segment_target_ms = {segment_ms}
@@ -259,7 +284,9 @@ pub fn segments_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -292,9 +319,19 @@ pub fn ffprobe_frames(path: &Path) -> (String, u32, u32, u64) {
         .arg(path)
         .output()
         .expect("ffprobe is installed by scripts/setup");
-    assert!(out.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    let f: Vec<&str> = text.trim().split(',').collect();
+    // MPEG-TS streams are listed twice (per program and globally); take one.
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    let f: Vec<&str> = line.trim().split(',').collect();
     assert_eq!(f.len(), 4, "ffprobe output {text:?}");
     (
         f[0].to_string(),
@@ -313,9 +350,19 @@ pub fn frame_numbers(path: &Path, width: u32, height: u32) -> Vec<u64> {
         .args(["-f", "rawvideo", "-pix_fmt", "gray", "-"])
         .output()
         .expect("ffmpeg is installed by scripts/setup");
-    assert!(out.status.success(), "ffmpeg {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffmpeg {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let size = (width * height) as usize;
-    assert_eq!(out.stdout.len() % size, 0, "partial picture from {}", path.display());
+    assert_eq!(
+        out.stdout.len() % size,
+        0,
+        "partial picture from {}",
+        path.display()
+    );
     out.stdout
         .chunks(size)
         .map(|y| {

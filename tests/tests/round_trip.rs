@@ -29,8 +29,14 @@ fn consume_frames(s: &Services, topic: &str, n: usize) -> Vec<(wire::FrameMeta, 
     let mut reassembler = Reassembler::default();
     let deadline = Instant::now() + Duration::from_secs(60);
     while frames.len() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} frames arrived", frames.len());
-        let Some(msg) = consumer.poll(Duration::from_millis(200)) else { continue };
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} frames arrived",
+            frames.len()
+        );
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let msg = msg.unwrap();
         let headers: Vec<(&str, Option<&[u8]>)> = msg
             .headers()
@@ -50,9 +56,23 @@ fn consume_frames(s: &Services, topic: &str, n: usize) -> Vec<(wire::FrameMeta, 
 fn run_agent(s: &Services, topic: &str, frames: u64, extra_kafka: &str) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
-    let config = agent_config(s, topic, &dir.path().join("data"), "lab/pattern", (W, H, 30), frames, false, extra_kafka);
+    let config = agent_config(
+        s,
+        topic,
+        &dir.path().join("data"),
+        "lab/pattern",
+        (W, H, 30),
+        frames,
+        false,
+        extra_kafka,
+    );
     std::fs::write(&cfg, config).unwrap();
-    let agent = Proc::spawn("agent", "camfleet-agent", &["run", "--config", cfg.to_str().unwrap()], dir.path());
+    let agent = Proc::spawn(
+        "agent",
+        "camfleet-agent",
+        &["run", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+    );
     let out = agent.wait_success(Duration::from_secs(120));
     serde_json::from_str(out.lines().next().expect("agent prints a summary")).unwrap()
 }
@@ -119,11 +139,27 @@ fn kcat_lists_the_records_with_their_headers() {
     let topic = s.fresh_topic("kcat", 1);
     run_agent(&s, &topic, 16, "");
     let out = std::process::Command::new("kcat")
-        .args(["-b", &s.kafka, "-C", "-t", &topic, "-o", "beginning", "-c", "16", "-e", "-q"])
+        .args([
+            "-b",
+            &s.kafka,
+            "-C",
+            "-t",
+            &topic,
+            "-o",
+            "beginning",
+            "-c",
+            "16",
+            "-e",
+            "-q",
+        ])
         .args(["-f", "%k|%S|%h\n"])
         .output()
         .expect("kcat is installed by scripts/setup");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 16, "{text}");
@@ -142,7 +178,10 @@ fn kcat_lists_the_records_with_their_headers() {
             "cf.fps=30/1".into(),
             "cf.codec=h264".into(),
         ] {
-            assert!(h.split(',').any(|kv| kv == want), "record {i} lacks {want}: {h}");
+            assert!(
+                h.split(',').any(|kv| kv == want),
+                "record {i} lacks {want}: {h}"
+            );
         }
     }
 }

@@ -29,7 +29,10 @@ pub fn producer_config(config: &AgentKafkaConfig) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", config.linger_ms.to_string())
-        .set("delivery.timeout.ms", config.delivery_timeout_ms.to_string())
+        .set(
+            "delivery.timeout.ms",
+            config.delivery_timeout_ms.to_string(),
+        )
         // H.264 does not compress; don't spend CPU trying.
         .set("compression.type", "none")
         // Headers + one record must fit the broker's default 1 MiB limit.

@@ -143,7 +143,11 @@ mod tests {
         for (w, h) in [(1280, 720), (320, 240), (1920, 1080)] {
             for index in [0, 1, 29, 4711, u32::MAX as u64] {
                 let pic = render(w, h, index);
-                assert_eq!(read_frame_number(&pic, w, w as usize), Some(index), "{w}x{h}");
+                assert_eq!(
+                    read_frame_number(&pic, w, w as usize),
+                    Some(index),
+                    "{w}x{h}"
+                );
             }
         }
     }

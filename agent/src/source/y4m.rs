@@ -118,7 +118,9 @@ fn parse_header(line: &[u8]) -> Result<VideoFormat, String> {
     let width = w.ok_or("no valid W (width) tag")?;
     let height = h.ok_or("no valid H (height) tag")?;
     if width == 0 || height == 0 || width % 2 != 0 || height % 2 != 0 {
-        return Err(format!("{width}x{height}: width and height must be even and > 0"));
+        return Err(format!(
+            "{width}x{height}: width and height must be even and > 0"
+        ));
     }
     Ok(VideoFormat {
         width,
@@ -209,7 +211,10 @@ mod tests {
             ("RIFF....\n", "YUV4MPEG2"),
         ] {
             let f = write_y4m(header, 0, 0);
-            let err = Y4mFile::open(f.path(), false, false).err().unwrap().to_string();
+            let err = Y4mFile::open(f.path(), false, false)
+                .err()
+                .unwrap()
+                .to_string();
             assert!(err.contains(want), "{header:?}: {err}");
         }
     }

@@ -15,10 +15,12 @@ pub struct HdfsArchive {
 impl HdfsArchive {
     /// `root` is `hdfs://namenode:port/base/dir`.
     pub async fn open(root: &str) -> Result<Self, ArchiveError> {
-        let rest = root.strip_prefix("hdfs://").ok_or_else(|| ArchiveError::Root {
-            root: root.into(),
-            message: "not an hdfs:// URL".into(),
-        })?;
+        let rest = root
+            .strip_prefix("hdfs://")
+            .ok_or_else(|| ArchiveError::Root {
+                root: root.into(),
+                message: "not an hdfs:// URL".into(),
+            })?;
         let (host, base) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
             None => (rest, ""),
@@ -43,7 +45,11 @@ impl HdfsArchive {
             base: base.to_string(),
         };
         // Fail at start, not at the first segment, when HDFS is unreachable.
-        let dir = if archive.base.is_empty() { "/" } else { &archive.base };
+        let dir = if archive.base.is_empty() {
+            "/"
+        } else {
+            &archive.base
+        };
         archive
             .client
             .mkdirs(dir, 0o755, true)
@@ -74,7 +80,9 @@ impl Archive for HdfsArchive {
             .create(&tmp, opts)
             .await
             .map_err(|e| err("create", &tmp, e))?;
-        w.write_bytes(bytes).await.map_err(|e| err("write", &tmp, e))?;
+        w.write_bytes(bytes)
+            .await
+            .map_err(|e| err("write", &tmp, e))?;
         w.hsync().await.map_err(|e| err("hsync", &tmp, e))?;
         w.close().await.map_err(|e| err("close", &tmp, e))?;
         self.client

@@ -77,8 +77,12 @@ mod tests {
     async fn put_replaces_whole_files_and_leaves_no_temp() {
         let dir = tempfile::tempdir().unwrap();
         let a = LocalArchive::open(dir.path().to_str().unwrap()).unwrap();
-        a.put("s/c/2025/01/01/00/1.ts", Bytes::from_static(b"first")).await.unwrap();
-        a.put("s/c/2025/01/01/00/1.ts", Bytes::from_static(b"second")).await.unwrap();
+        a.put("s/c/2025/01/01/00/1.ts", Bytes::from_static(b"first"))
+            .await
+            .unwrap();
+        a.put("s/c/2025/01/01/00/1.ts", Bytes::from_static(b"second"))
+            .await
+            .unwrap();
         let d = dir.path().join("s/c/2025/01/01/00");
         assert_eq!(fs::read(d.join("1.ts")).unwrap(), b"second");
         assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
