@@ -207,7 +207,7 @@ async fn run_camera<S: FrameSink>(
                     let base = *first_index.get_or_insert(frame.index);
                     let meta = FrameMeta {
                         camera: id.clone(),
-                        seq: seq.next()?,
+                        seq: seq.issue()?,
                         capture_us,
                         pts_90k: format.fps.pts_90k(frame.index - base),
                         keyframe: out.keyframe,

@@ -72,13 +72,13 @@ impl SequenceStore {
         self.epoch
     }
 
-    /// The number the next call to [`Self::next`] will issue.
+    /// The number the next call to [`Self::issue`] will issue.
     pub fn peek_next(&self) -> u64 {
         self.next
     }
 
     /// Issues the next sequence number.
-    pub fn next(&mut self) -> Result<u64, SequenceError> {
+    pub fn issue(&mut self) -> Result<u64, SequenceError> {
         if self.next >= self.reserved {
             self.reserve()?;
         }
@@ -126,21 +126,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SequenceStore::open(dir.path(), "site", "cam").unwrap();
         assert_eq!(s.epoch(), 1);
-        assert_eq!((s.next().unwrap(), s.next().unwrap()), (0, 1));
+        assert_eq!((s.issue().unwrap(), s.issue().unwrap()), (0, 1));
         s.close().unwrap();
 
         let mut s = SequenceStore::open(dir.path(), "site", "cam").unwrap();
         assert_eq!(s.epoch(), 2);
-        assert_eq!(s.next().unwrap(), 2);
+        assert_eq!(s.issue().unwrap(), 2);
         for _ in 0..BLOCK + 5 {
-            s.next().unwrap();
+            s.issue().unwrap();
         }
-        let issued = s.next().unwrap();
+        let issued = s.issue().unwrap();
         drop(s); // a crash: no close
 
         let mut s = SequenceStore::open(dir.path(), "site", "cam").unwrap();
         assert_eq!(s.epoch(), 3);
-        assert!(s.next().unwrap() > issued);
+        assert!(s.issue().unwrap() > issued);
     }
 
     #[test]

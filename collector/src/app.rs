@@ -7,6 +7,7 @@
 //! * the first offset of every open (unarchived) segment from `p`,
 //! * the first chunk offset of every partially reassembled frame from `p`,
 //! * one past the last record consumed from `p`;
+//!
 //! and the commit carries each camera's archived watermark, so a replay skips
 //! frames already archived and rebuilds the open segments with the same
 //! names. Archive writes are awaited in line: a slow archive slows
@@ -422,10 +423,12 @@ impl<A: Archive> Collector<A> {
             if self.committed.get(&p) == Some(&(safe, metadata.clone())) {
                 continue;
             }
-            let Ok(elem) = tpl.add_partition_offset(&topic, p, Offset::Offset(safe)) else {
+            if tpl
+                .add_partition_offset(&topic, p, Offset::Offset(safe))
+                .is_err()
+            {
                 continue;
-            };
-            let _ = elem;
+            }
             if let Some(mut e) = tpl.find_partition(&topic, p) {
                 e.set_metadata(metadata.clone());
             }

@@ -223,17 +223,33 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
-/// Agent config for one test-pattern camera.
+/// One test-pattern camera of a test.
+pub struct PatternCamera<'a> {
+    pub id: &'a str,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub frames: u64,
+    /// Real-time pacing (a live camera) rather than as fast as possible.
+    pub paced: bool,
+}
+
+/// Agent config for one test-pattern camera; `extra_kafka` lines go in `[kafka]`.
 pub fn agent_config(
     s: &Services,
     topic: &str,
     data_dir: &Path,
-    camera: &str,
-    (width, height, fps): (u32, u32, u32),
-    frames: u64,
-    paced: bool,
+    cam: &PatternCamera<'_>,
     extra_kafka: &str,
 ) -> String {
+    let PatternCamera {
+        id: camera,
+        width,
+        height,
+        fps,
+        frames,
+        paced,
+    } = *cam;
     format!(
         r#"data_dir = "{data}"
 [kafka]

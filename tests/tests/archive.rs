@@ -41,10 +41,14 @@ impl Run {
                 &self.services,
                 &self.topic,
                 &data,
-                camera,
-                (W, H, 30),
-                frames,
-                paced,
+                &PatternCamera {
+                    id: camera,
+                    width: W,
+                    height: H,
+                    fps: 30,
+                    frames,
+                    paced,
+                },
                 "",
             ),
         )

@@ -56,16 +56,15 @@ fn consume_frames(s: &Services, topic: &str, n: usize) -> Vec<(wire::FrameMeta, 
 fn run_agent(s: &Services, topic: &str, frames: u64, extra_kafka: &str) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
-    let config = agent_config(
-        s,
-        topic,
-        &dir.path().join("data"),
-        "lab/pattern",
-        (W, H, 30),
+    let camera = PatternCamera {
+        id: "lab/pattern",
+        width: W,
+        height: H,
+        fps: 30,
         frames,
-        false,
-        extra_kafka,
-    );
+        paced: false,
+    };
+    let config = agent_config(s, topic, &dir.path().join("data"), &camera, extra_kafka);
     std::fs::write(&cfg, config).unwrap();
     let agent = Proc::spawn(
         "agent",
