@@ -445,6 +445,13 @@ root = "hdfs://127.0.0.1:19020/camfleet"
         assert_eq!(c.http.listen, "127.0.0.1:9464");
     }
 
+    /// The examples shipped next to each binary must stay valid.
+    #[test]
+    fn shipped_examples_are_valid() {
+        AgentConfig::from_toml(include_str!("../../agent/agent.example.toml")).unwrap();
+        CollectorConfig::from_toml(include_str!("../../collector/collector.example.toml")).unwrap();
+    }
+
     #[test]
     fn collector_rejects_unknown_archive_schemes() {
         let s3 = COLLECTOR.replace("hdfs://", "s3://");
