@@ -1,0 +1,248 @@
+//! Bad input gets a clear error and changes nothing else; SIGTERM drains.
+
+use camfleet_tests::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_misspelt_config_key_is_rejected_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        r#"data_dir = "/tmp/x"
+[kafka]
+bootstrap_servers = "127.0.0.1:19092"
+[[camera]]
+id = "s/c"
+source = { kind = "test_pattern", width = 320, height = 240 }
+encoder = { bitrate_kpbs = 500 }
+"#,
+    )
+    .unwrap();
+    let out = Command::new(binary("camfleet-agent"))
+        .args(["validate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bitrate_kpbs") && err.contains("agent.toml"),
+        "{err}"
+    );
+
+    let out = Command::new(binary("camfleet-collector"))
+        .args(["validate", "--config", "/nonexistent/collector.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/collector.toml"), "{err}");
+}
+
+#[test]
+fn sigterm_drains_every_encoded_frame_to_kafka_within_10_s() {
+    let s = Services::get();
+    let topic = s.fresh_topic("drain", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    let cam = PatternCamera {
+        id: "lab/drain",
+        width: 640,
+        height: 360,
+        fps: 30,
+        frames: 100_000,
+        paced: true,
+    };
+    std::fs::write(
+        &cfg,
+        agent_config(&s, &topic, &dir.path().join("data"), &cam, ""),
+    )
+    .unwrap();
+    let agent = Proc::spawn(
+        "agent",
+        "camfleet-agent",
+        &["run", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    agent.signal("TERM");
+    let t = Instant::now();
+    let out = agent.wait_success(Duration::from_secs(10));
+    eprintln!("agent stopped {:?} after SIGTERM", t.elapsed());
+    let summary: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let encoded = summary["frames_encoded"].as_u64().unwrap();
+    assert!(encoded >= 60, "{summary}");
+    assert_eq!(
+        summary["frames_acked"].as_u64().unwrap(),
+        encoded,
+        "{summary}"
+    );
+    assert_eq!(summary["frames_failed"], 0, "{summary}");
+    // And the next run continues the sequence where this one stopped.
+    let next = PatternCamera {
+        frames: 5,
+        paced: false,
+        ..cam
+    };
+    std::fs::write(
+        &cfg,
+        agent_config(&s, &topic, &dir.path().join("data"), &next, ""),
+    )
+    .unwrap();
+    let again = Proc::spawn(
+        "agent-2",
+        "camfleet-agent",
+        &["run", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+    );
+    let out = again.wait_success(Duration::from_secs(30));
+    let second: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(second["seq_first"].as_u64().unwrap(), encoded, "{second}");
+    assert_eq!(
+        second["epoch"].as_u64().unwrap(),
+        summary["epoch"].as_u64().unwrap() + 1
+    );
+}
+
+#[test]
+fn malformed_records_go_to_the_dead_letter_topic_and_video_still_flows() {
+    let s = Services::get();
+    let topic = s.fresh_topic("dlq", 1);
+    let dir = tempfile::tempdir().unwrap();
+    // A foreign record (no camfleet headers) and one with a bad header, written by kcat.
+    for (key, headers) in [
+        ("some/thing", Vec::<&str>::new()),
+        (
+            "lab/bad",
+            // Every header right except the sequence number.
+            [
+                "cf.v=1",
+                "cf.camera=lab/bad",
+                "cf.seq=oops",
+                "cf.capture_us=1",
+                "cf.pts_90k=0",
+                "cf.key=1",
+                "cf.width=320",
+                "cf.height=240",
+                "cf.fps=30/1",
+                "cf.codec=h264",
+                "cf.epoch=1",
+            ]
+            .iter()
+            .flat_map(|h| ["-H", *h])
+            .collect(),
+        ),
+    ] {
+        let mut cmd = Command::new("kcat");
+        cmd.args(["-b", &s.kafka, "-P", "-t", &topic, "-k", key])
+            .args(&headers);
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("kcat");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"not video\n")
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    let cfg = dir.path().join("agent.toml");
+    let cam = PatternCamera {
+        id: "lab/good",
+        width: 320,
+        height: 240,
+        fps: 30,
+        frames: 30,
+        paced: false,
+    };
+    std::fs::write(
+        &cfg,
+        agent_config(&s, &topic, &dir.path().join("data"), &cam, ""),
+    )
+    .unwrap();
+    Proc::spawn(
+        "agent",
+        "camfleet-agent",
+        &["run", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+    )
+    .wait_success(Duration::from_secs(60));
+
+    let root = dir.path().join("archive");
+    let ccfg = dir.path().join("collector.toml");
+    std::fs::write(
+        &ccfg,
+        collector_config(
+            &s,
+            &topic,
+            &format!("{topic}.c"),
+            root.to_str().unwrap(),
+            1000,
+        ),
+    )
+    .unwrap();
+    let collector = Proc::spawn(
+        "collector",
+        "camfleet-collector",
+        &["run", "--config", ccfg.to_str().unwrap()],
+        dir.path(),
+    );
+    wait_until(Duration::from_secs(60), "the good camera archived", || {
+        segments_under(&root)
+            .iter()
+            .map(|p| ffprobe_frames(p).3)
+            .sum::<u64>()
+            == 30
+    });
+    collector.signal("TERM");
+    let summary: serde_json::Value =
+        serde_json::from_str(collector.wait_success(Duration::from_secs(15)).trim()).unwrap();
+    assert_eq!(summary["dead_letter_records"], 2, "{summary}");
+    assert_eq!(summary["frames_archived"], 30, "{summary}");
+
+    let out = Command::new("kcat")
+        .args([
+            "-b",
+            &s.kafka,
+            "-C",
+            "-t",
+            &format!("{topic}.dlq"),
+            "-o",
+            "beginning",
+            "-c",
+            "2",
+            "-e",
+            "-q",
+        ])
+        .args(["-f", "%k|%h|%s\n"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The dead-letter topic may have several partitions: order by key.
+    let mut lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    lines.sort_by_key(|l| std::cmp::Reverse(l.starts_with("some/thing")));
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].starts_with("some/thing|")
+            && lines[0].contains("cf.dlq.error=header cf.v is missing"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("cf.seq")
+            && lines[1].contains("oops")
+            && lines[1].ends_with("|not video"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[1].contains(&format!("cf.dlq.source={topic}/0/1")),
+        "{}",
+        lines[1]
+    );
+}
