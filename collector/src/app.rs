@@ -57,6 +57,9 @@ pub struct Collector<A: Archive> {
     consumed: BTreeMap<i32, i64>,
     /// Partitions whose archived watermarks were read from their commit.
     loaded: HashSet<i32>,
+    /// Closed segments whose write was interrupted by shutdown; `drain` makes
+    /// one last attempt, and until then they hold back the commit.
+    pending: Vec<Segment>,
     /// Last commit sent per partition (offset, metadata), to skip no-op commits.
     committed: HashMap<i32, (i64, String)>,
     stats: Arc<Stats>,
@@ -101,6 +104,7 @@ impl<A: Archive> Collector<A> {
             partial: HashMap::new(),
             consumed: BTreeMap::new(),
             loaded: HashSet::new(),
+            pending: Vec::new(),
             committed: HashMap::new(),
             stats,
             shutdown,
@@ -130,9 +134,7 @@ impl<A: Archive> Collector<A> {
                 }
                 _ = tick.tick() => {
                     for seg in self.segmenter.close_idle(Instant::now()) {
-                        if !self.archive_segment(seg).await? {
-                            break;
-                        }
+                        self.archive_segment(seg).await?;
                     }
                     self.commit(CommitMode::Async);
                 }
@@ -148,7 +150,9 @@ impl<A: Archive> Collector<A> {
             "shutdown: closing open segments"
         );
         let deadline = Instant::now() + SHUTDOWN_BUDGET;
-        for seg in self.segmenter.close_all() {
+        let mut segments = std::mem::take(&mut self.pending);
+        segments.extend(self.segmenter.close_all());
+        for seg in segments {
             let left = deadline.saturating_duration_since(Instant::now());
             let camera = seg.camera.clone();
             match tokio::time::timeout(left, self.put_once(&seg)).await {
@@ -177,6 +181,7 @@ impl<A: Archive> Collector<A> {
                 self.partial.remove(&c);
                 self.reassembler.discard(&c);
             }
+            self.pending.retain(|seg| seg.first().partition != p);
             self.consumed.remove(&p);
             self.loaded.remove(&p);
             self.committed.remove(&p);
@@ -340,10 +345,15 @@ impl<A: Archive> Collector<A> {
     }
 
     /// Muxes and writes one segment, retrying until it is durable.
-    /// Returns false if shutdown interrupted the retries (segment not archived).
+    /// Returns false if shutdown came first: the segment then waits in
+    /// `pending` for `drain`.
     async fn archive_segment(&mut self, seg: Segment) -> Result<bool, CollectorError> {
         let mut backoff = Duration::from_millis(200);
         loop {
+            if *self.shutdown.borrow() {
+                self.pending.push(seg);
+                return Ok(false);
+            }
             match self.put_once(&seg).await {
                 Ok(()) => {
                     self.mark_archived(&seg);
@@ -356,10 +366,7 @@ impl<A: Archive> Collector<A> {
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shutdown.changed() => {
-                            // Put it back so drain() can make one last attempt.
-                            for f in seg.frames {
-                                self.segmenter.push(f, Instant::now());
-                            }
+                            self.pending.push(seg);
                             return Ok(false);
                         }
                     }
@@ -418,6 +425,9 @@ impl<A: Archive> Collector<A> {
                 if *pp == p {
                     safe = safe.min(*o);
                 }
+            }
+            for seg in self.pending.iter().filter(|seg| seg.first().partition == p) {
+                safe = safe.min(seg.first().offset);
             }
             let metadata = consume::encode_watermarks(&self.continuity.watermarks(p));
             if self.committed.get(&p) == Some(&(safe, metadata.clone())) {

@@ -209,3 +209,34 @@ fn sigkill_of_the_collector_loses_and_duplicates_nothing() {
         first.log_text()
     );
 }
+
+#[test]
+fn an_archive_outage_holds_consumption_and_loses_nothing() {
+    let run = Run::new("outage");
+    let n = 90;
+    let root = run.dir.path().join("archive");
+    std::fs::create_dir_all(&root).unwrap();
+    // A plain file where the site directory must go: every write fails
+    // (as root, permissions would not stop us).
+    let blocker = root.join("lot");
+    std::fs::write(&blocker, b"in the way").unwrap();
+    let agent = run.agent("lot/north", n, false);
+    let collector = run.collector("collector", root.to_str().unwrap());
+    agent.wait_success(Duration::from_secs(60));
+    collector.wait_log(Duration::from_secs(30), "failed archive writes", |log| {
+        log.matches("archive write failed").count() >= 2
+    });
+    assert!(segments_under(&root).is_empty());
+    std::fs::remove_file(&blocker).unwrap();
+    wait_until(Duration::from_secs(60), "the backlog archived", || {
+        archived_frames_by_ffprobe(&root) == n
+    });
+    collector.signal("TERM");
+    let summary: serde_json::Value =
+        serde_json::from_str(collector.wait_success(Duration::from_secs(15)).trim()).unwrap();
+    assert!(
+        summary["archive_retries"].as_u64().unwrap() >= 2,
+        "{summary}"
+    );
+    assert_eq!(archived_frame_numbers(&root), (0..n).collect::<Vec<_>>());
+}
