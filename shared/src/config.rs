@@ -105,6 +105,8 @@ pub struct AgentKafkaConfig {
     #[serde(default = "default_delivery_timeout_ms")]
     pub delivery_timeout_ms: u64,
     /// How long records may wait to form a batch (librdkafka `linger.ms`).
+    /// 0 by default: a frame is already a large record, and every
+    /// millisecond here is capture-to-ack latency.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
 }
@@ -116,7 +118,7 @@ const fn default_delivery_timeout_ms() -> u64 {
     120_000
 }
 const fn default_linger_ms() -> u64 {
-    2
+    0
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
