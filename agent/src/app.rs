@@ -145,8 +145,9 @@ async fn run_camera<S: FrameSink>(
     let camera = cam.id.to_string();
     tracing::info!(%camera, width = format.width, height = format.height, fps = %format.fps, epoch, "camera started");
 
-    // Capture thread.
+    // Capture thread. Picture buffers go back from the encoder for reuse.
     let (raw_tx, raw_rx) = std_mpsc::sync_channel::<(crate::source::RawFrame, u64)>(4);
+    let (recycle_tx, recycle_rx) = std_mpsc::sync_channel::<Vec<u8>>(8);
     let capture = {
         let (stats, stop, clock, camera) =
             (stats.clone(), stop.clone(), clock.clone(), camera.clone());
@@ -156,8 +157,13 @@ async fn run_camera<S: FrameSink>(
             .spawn(move || -> Result<(), SourceError> {
                 let live = src.is_live();
                 let mut produced = 0u64;
+                let mut spare = None;
                 while !stop.load(Relaxed) && max_frames.is_none_or(|m| produced < m) {
-                    let Some(frame) = src.next_frame()? else {
+                    let buf = spare
+                        .take()
+                        .or_else(|| recycle_rx.try_recv().ok())
+                        .unwrap_or_default();
+                    let Some(frame) = src.next_frame(buf)? else {
                         break;
                     };
                     let captured_us = clock.now_us();
@@ -166,8 +172,9 @@ async fn run_camera<S: FrameSink>(
                     if live {
                         match raw_tx.try_send((frame, captured_us)) {
                             Ok(()) => {}
-                            Err(std_mpsc::TrySendError::Full(_)) => {
+                            Err(std_mpsc::TrySendError::Full((frame, _))) => {
                                 stats.frames_dropped_busy.fetch_add(1, Relaxed);
+                                spare = Some(frame.i420);
                             }
                             Err(std_mpsc::TrySendError::Disconnected(_)) => break,
                         }
@@ -203,6 +210,7 @@ async fn run_camera<S: FrameSink>(
                     stats
                         .encode_ns
                         .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+                    let _ = recycle_tx.try_send(frame.i420);
                     // Media time counts from the first frame of this epoch.
                     let base = *first_index.get_or_insert(frame.index);
                     let meta = FrameMeta {

@@ -265,9 +265,10 @@ fn bare_openh264(clip: &Path, kbps: u32, frames: Option<u64>, out: &Path) -> any
     let (w, h) = (format.width as usize, format.height as usize);
     let mut stream = Vec::new();
     let mut n = 0u64;
+    let mut buf = Vec::new();
     while frames.is_none_or(|max| n < max) {
         let t = thread_cpu();
-        let frame = src.next_frame()?;
+        let frame = src.next_frame(std::mem::take(&mut buf))?;
         read_cpu += thread_cpu() - t;
         let Some(frame) = frame else {
             break;
@@ -278,6 +279,7 @@ fn bare_openh264(clip: &Path, kbps: u32, frames: Option<u64>, out: &Path) -> any
         let t = thread_cpu();
         encoder.encode(&yuv)?.write_vec(&mut stream);
         cpu += thread_cpu() - t;
+        buf = frame.i420;
         n += 1;
     }
     std::fs::write(out, &stream)?;

@@ -48,8 +48,10 @@ pub enum SourceError {
 
 pub trait FrameSource: Send {
     fn format(&self) -> VideoFormat;
-    /// The next frame, or `None` at the end of a finite source.
-    fn next_frame(&mut self) -> Result<Option<RawFrame>, SourceError>;
+    /// The next frame, or `None` at the end of a finite source. `buf` is a
+    /// recycled picture buffer (any length) to fill, so a steady stream
+    /// allocates nothing per frame.
+    fn next_frame(&mut self, buf: Vec<u8>) -> Result<Option<RawFrame>, SourceError>;
     /// True if the source must run at its own rate (a live camera): the
     /// pipeline then drops frames rather than stall it.
     fn is_live(&self) -> bool;

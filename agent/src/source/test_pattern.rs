@@ -37,8 +37,15 @@ fn block_size(width: u32) -> usize {
 
 /// Renders frame `index` of a `width` x `height` pattern as I420.
 pub fn render(width: u32, height: u32, index: u64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    render_into(width, height, index, &mut buf);
+    buf
+}
+
+/// Renders into `buf`, reusing its allocation (every byte is overwritten).
+pub fn render_into(width: u32, height: u32, index: u64, buf: &mut Vec<u8>) {
     let (w, h) = (width as usize, height as usize);
-    let mut buf = vec![0u8; w * h + 2 * (w / 2) * (h / 2)];
+    buf.resize(w * h + 2 * (w / 2) * (h / 2), 0);
     let (y, uv) = buf.split_at_mut(w * h);
     let shift = index as usize;
     for row in 0..h {
@@ -81,7 +88,6 @@ pub fn render(width: u32, height: u32, index: u64) -> Vec<u8> {
     let (cu, cv) = uv.split_at_mut((w / 2) * (h / 2));
     cu.fill((128 + (index % 64) as i32 - 32) as u8);
     cv.fill((128 - (index % 64) as i32 + 32) as u8);
-    buf
 }
 
 /// Reads the frame number back from a decoded luma plane; `None` if the band
@@ -117,13 +123,14 @@ impl FrameSource for TestPattern {
         self.format
     }
 
-    fn next_frame(&mut self) -> Result<Option<RawFrame>, SourceError> {
+    fn next_frame(&mut self, mut buf: Vec<u8>) -> Result<Option<RawFrame>, SourceError> {
         if self.paced {
             pace(self.start, self.format.fps, self.next);
         }
+        render_into(self.format.width, self.format.height, self.next, &mut buf);
         let frame = RawFrame {
             index: self.next,
-            i420: render(self.format.width, self.format.height, self.next),
+            i420: buf,
         };
         self.next += 1;
         Ok(Some(frame))

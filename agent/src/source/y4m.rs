@@ -53,7 +53,8 @@ impl Y4mFile {
         })
     }
 
-    fn read_frame(&mut self) -> Result<Option<Vec<u8>>, SourceError> {
+    /// Reads the next picture into `pic`; false at end of file.
+    fn read_frame(&mut self, pic: &mut Vec<u8>) -> Result<bool, SourceError> {
         let io = |source| SourceError::Io {
             path: self.path.clone(),
             source,
@@ -66,7 +67,7 @@ impl Y4mFile {
             .read_until(b'\n', &mut line)
             .map_err(io)?;
         if n == 0 {
-            return Ok(None);
+            return Ok(false);
         }
         if !line.starts_with(b"FRAME") || line.last() != Some(&b'\n') {
             return Err(SourceError::Y4m {
@@ -74,11 +75,12 @@ impl Y4mFile {
                 reason: format!("expected a FRAME line before frame {}", self.next),
             });
         }
-        let mut pic = vec![0u8; self.format.i420_len()];
-        match self.reader.read_exact(&mut pic) {
-            Ok(()) => Ok(Some(pic)),
+        // Only a new buffer's first use pays for zeroing; read_exact overwrites it all.
+        pic.resize(self.format.i420_len(), 0);
+        match self.reader.read_exact(pic) {
+            Ok(()) => Ok(true),
             // A truncated last frame (a recording cut short) ends the file.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
             Err(e) => Err(io(e)),
         }
     }
@@ -134,23 +136,21 @@ impl FrameSource for Y4mFile {
         self.format
     }
 
-    fn next_frame(&mut self) -> Result<Option<RawFrame>, SourceError> {
-        let pic = match self.read_frame()? {
-            Some(pic) => pic,
-            None if self.looping && self.next > 0 => {
-                self.reader
-                    .seek(SeekFrom::Start(self.data_start))
-                    .map_err(|source| SourceError::Io {
-                        path: self.path.clone(),
-                        source,
-                    })?;
-                match self.read_frame()? {
-                    Some(pic) => pic,
-                    None => return Ok(None),
-                }
+    fn next_frame(&mut self, mut pic: Vec<u8>) -> Result<Option<RawFrame>, SourceError> {
+        if !self.read_frame(&mut pic)? {
+            if !(self.looping && self.next > 0) {
+                return Ok(None);
             }
-            None => return Ok(None),
-        };
+            self.reader
+                .seek(SeekFrom::Start(self.data_start))
+                .map_err(|source| SourceError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if !self.read_frame(&mut pic)? {
+                return Ok(None);
+            }
+        }
         if self.paced {
             pace(self.start, self.format.fps, self.next);
         }
@@ -188,17 +188,27 @@ mod tests {
         let mut src = Y4mFile::open(f.path(), true, false).unwrap();
         assert_eq!(src.format().fps, Rational::new(25, 1).unwrap());
         let bytes: Vec<u8> = (0..5)
-            .map(|_| src.next_frame().unwrap().unwrap().i420[0])
+            .map(|_| src.next_frame(Vec::new()).unwrap().unwrap().i420[0])
             .collect();
         assert_eq!(bytes, [0, 1, 0, 1, 0]);
+    }
+
+    #[test]
+    fn reuses_the_buffer_it_is_given() {
+        let f = write_y4m("YUV4MPEG2 W4 H2 F25:1\n", 2, 12);
+        let mut src = Y4mFile::open(f.path(), false, false).unwrap();
+        let first = src.next_frame(Vec::new()).unwrap().unwrap().i420;
+        let ptr = first.as_ptr();
+        let second = src.next_frame(first).unwrap().unwrap().i420;
+        assert_eq!((second.as_ptr(), second[0]), (ptr, 1));
     }
 
     #[test]
     fn stops_at_end_without_loop() {
         let f = write_y4m("YUV4MPEG2 W4 H2 F25:1\n", 1, 12);
         let mut src = Y4mFile::open(f.path(), false, false).unwrap();
-        assert!(src.next_frame().unwrap().is_some());
-        assert!(src.next_frame().unwrap().is_none());
+        assert!(src.next_frame(Vec::new()).unwrap().is_some());
+        assert!(src.next_frame(Vec::new()).unwrap().is_none());
     }
 
     #[test]
