@@ -17,9 +17,13 @@ macro_rules! counters {
                 }
             )*
 
-            /// Registers help texts with the metrics recorder.
+            /// Registers help texts with the metrics recorder, and every
+            /// counter at 0 so dashboards see a series before the first event.
             pub fn describe() {
-                $( metrics::describe_counter!($metric, $help); )*
+                $(
+                    metrics::describe_counter!($metric, $help);
+                    metrics::counter!($metric).increment(0);
+                )*
             }
 
             pub fn to_json(&self) -> serde_json::Value {

@@ -62,14 +62,18 @@ impl Run {
     }
 
     fn collector(&self, name: &str, root: &str) -> Proc {
+        self.collector_with_metrics(name, root, None)
+    }
+
+    fn collector_with_metrics(&self, name: &str, root: &str, metrics: Option<&str>) -> Proc {
         let cfg = self.dir.path().join(format!("{name}.toml"));
         // One consumer group per test: a restarted collector resumes its predecessor's commits.
         let group = format!("{}.collectors", self.topic);
-        std::fs::write(
-            &cfg,
-            collector_config(&self.services, &self.topic, &group, root, 1000),
-        )
-        .unwrap();
+        let mut config = collector_config(&self.services, &self.topic, &group, root, 1000);
+        if let Some(addr) = metrics {
+            config = config.replace("listen = \"\"", &format!("listen = \"{addr}\""));
+        }
+        std::fs::write(&cfg, config).unwrap();
         Proc::spawn(
             name,
             "camfleet-collector",
@@ -104,11 +108,23 @@ fn collector_archives_playable_segments_to_a_local_directory() {
     let n = 120;
     let agent = run.agent("yard/east", n, false);
     let root = run.dir.path().join("archive");
-    let collector = run.collector("collector", root.to_str().unwrap());
+    let metrics = free_local_addr();
+    let collector = run.collector_with_metrics("collector", root.to_str().unwrap(), Some(&metrics));
     agent.wait_success(Duration::from_secs(60));
     wait_until(Duration::from_secs(60), "all frames archived", || {
         archived_frames_by_ffprobe(&root) == n
     });
+    // Ops scrape the same numbers from /metrics.
+    let text = http_get(&metrics, "/metrics");
+    assert!(
+        text.lines()
+            .any(|l| l == format!("camfleet_collector_frames_archived_total {n}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("# HELP camfleet_collector_sequence_gap_frames_total"),
+        "{text}"
+    );
     collector.signal("TERM");
     let summary: serde_json::Value =
         serde_json::from_str(collector.wait_success(Duration::from_secs(15)).trim()).unwrap();
@@ -239,4 +255,26 @@ fn an_archive_outage_holds_consumption_and_loses_nothing() {
         "{summary}"
     );
     assert_eq!(archived_frame_numbers(&root), (0..n).collect::<Vec<_>>());
+}
+
+/// An unused 127.0.0.1 port (bound and released).
+fn free_local_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// A plain HTTP/1.0 GET; returns the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "{head}"
+    );
+    body.to_string()
 }
