@@ -31,7 +31,9 @@
 //!
 //! Continuity counters start at 0 in every segment (the segment carries no
 //! state from the previous one) and increment per PID on every packet, since
-//! every packet written here carries payload. Short packets are padded by
+//! every packet written here carries payload. The segment's first video
+//! packet sets `discontinuity_indicator` (allowed there: it carries a PCR), so
+//! segments joined byte for byte, as an export does, read without errors. Short packets are padded by
 //! adaptation-field stuffing, never by 0xFF bytes in a PES payload; PSI
 //! sections are followed by 0xFF fill, which is the rule for sections.
 //!
@@ -68,6 +70,7 @@ const AUD: [u8; 6] = [0x00, 0x00, 0x00, 0x01, 0x09, 0xF0];
 const NAL_TYPE_AUD: u8 = 9;
 
 /// Adaptation field flag bits (ISO/IEC 13818-1 table 2-6).
+const AF_DISCONTINUITY: u8 = 0x80;
 const AF_RANDOM_ACCESS: u8 = 0x40;
 const AF_PCR: u8 = 0x10;
 
@@ -85,7 +88,7 @@ pub fn mux_segment(frames: &[TsFrame<'_>]) -> Vec<u8> {
         if frame.keyframe && i > 0 {
             mux.write_tables();
         }
-        mux.write_frame(frame);
+        mux.write_frame(frame, i == 0);
     }
     mux.out
 }
@@ -108,7 +111,10 @@ impl Muxer {
         write_psi_packet(&mut self.out, PMT_PID, cc, &pmt);
     }
 
-    fn write_frame(&mut self, frame: &TsFrame<'_>) {
+    /// `segment_start` marks the discontinuity the segment begins with
+    /// (continuity counters restart at 0, the PCR jumps), so segments joined
+    /// byte for byte (`cat a.ts b.ts`, an export) read cleanly.
+    fn write_frame(&mut self, frame: &TsFrame<'_>, segment_start: bool) {
         let pts = frame.pts_90k.wrapping_add(PTS_OFFSET_90K) & TS_MASK_33;
         let pcr_base = frame.pts_90k & TS_MASK_33;
 
@@ -125,7 +131,14 @@ impl Muxer {
         pes.extend_from_slice(frame.annex_b);
 
         let mut first_af = Vec::with_capacity(7);
-        first_af.push(AF_PCR | if frame.keyframe { AF_RANDOM_ACCESS } else { 0 });
+        let mut flags = AF_PCR;
+        if frame.keyframe {
+            flags |= AF_RANDOM_ACCESS;
+        }
+        if segment_start {
+            flags |= AF_DISCONTINUITY;
+        }
+        first_af.push(flags);
         first_af.extend_from_slice(&encode_pcr(pcr_base));
 
         let mut rest: &[u8] = &pes;
@@ -534,28 +547,31 @@ mod tests {
         assert_eq!(parse(&ts).layout, "AM");
     }
 
-    /// 90 frames (3 GOPs) of the agent's test pattern, muxed.
-    fn encoded_segment() -> Vec<u8> {
+    /// `n` frames of the agent's test pattern at 320x240, IDR every 30.
+    fn encode_pattern(n: u64) -> Vec<camfleet_agent::encode::Encoded> {
         use camfleet_agent::encode::H264Encoder;
         use camfleet_agent::source::{test_pattern::render, VideoFormat};
         use camfleet_shared::config::EncoderConfig;
-        use camfleet_shared::wire::Rational;
 
-        let fps = Rational::new(30, 1).unwrap();
         let format = VideoFormat {
             width: 320,
             height: 240,
-            fps,
+            fps: camfleet_shared::wire::Rational::new(30, 1).unwrap(),
         };
         let config = EncoderConfig {
             bitrate_kbps: 500,
             keyframe_interval_frames: 30,
         };
         let mut enc = H264Encoder::new(format, &config).unwrap();
-        let encoded: Vec<_> = (0..90)
+        (0..n)
             .map(|i| enc.encode(i, &render(320, 240, i)).unwrap())
-            .collect();
-        let frames: Vec<TsFrame<'_>> = encoded
+            .collect()
+    }
+
+    /// 30 fps timestamps from frame 0.
+    fn ts_frames(encoded: &[camfleet_agent::encode::Encoded]) -> Vec<TsFrame<'_>> {
+        let fps = camfleet_shared::wire::Rational::new(30, 1).unwrap();
+        encoded
             .iter()
             .enumerate()
             .map(|(i, e)| TsFrame {
@@ -563,7 +579,13 @@ mod tests {
                 keyframe: e.keyframe,
                 annex_b: &e.annex_b,
             })
-            .collect();
+            .collect()
+    }
+
+    /// 90 frames (3 GOPs) of the agent's test pattern, muxed.
+    fn encoded_segment() -> Vec<u8> {
+        let encoded = encode_pattern(90);
+        let frames = ts_frames(&encoded);
         assert!(frames[0].keyframe);
         let ts = mux_segment(&frames);
         // The real stream must pass the same structural checks.
@@ -664,6 +686,24 @@ mod tests {
         }
         let keyframes: Vec<usize> = (0..90).filter(|&i| packets[i].1.starts_with('K')).collect();
         assert_eq!(keyframes, [0, 30, 60]);
+    }
+
+    #[test]
+    fn segments_joined_byte_for_byte_decode_cleanly() {
+        // Two consecutive segments, cut at the keyframe of frame 60. Without
+        // the discontinuity flag ffmpeg warns "Packet corrupt" at the join.
+        let encoded = encode_pattern(90);
+        let frames = ts_frames(&encoded);
+        let mut joined = mux_segment(&frames[..60]);
+        joined.extend_from_slice(&mux_segment(&frames[60..]));
+        let file = write_temp(&joined);
+        let path = file.path().to_str().unwrap();
+        let out = run("ffmpeg", &["-v", "warning", "-i", path, "-f", "null", "-"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "ffmpeg reported: {stderr}"
+        );
     }
 
     #[test]
