@@ -184,3 +184,83 @@ fn kcat_lists_the_records_with_their_headers() {
         }
     }
 }
+
+#[test]
+fn a_y4m_clip_arrives_frame_for_frame_at_quality() {
+    let s = Services::get();
+    let topic = s.fresh_topic("y4m", 1);
+    let dir = tempfile::tempdir().unwrap();
+    // ffmpeg (a peer) writes the clip; testsrc2 has detail and motion.
+    let clip = dir.path().join("clip.y4m");
+    let ok = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=25",
+        ])
+        .args(["-frames:v", "40", "-pix_fmt", "yuv420p"])
+        .arg(&clip)
+        .status()
+        .expect("ffmpeg is installed by scripts/setup")
+        .success();
+    assert!(ok, "ffmpeg could not write the clip");
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"data_dir = "{data}"
+[kafka]
+bootstrap_servers = "{kafka}"
+topic = "{topic}"
+[[camera]]
+id = "lab/clip"
+source = {{ kind = "y4m", path = "{clip}", unpaced = true }}
+encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 25 }}
+"#,
+            data = dir.path().join("data").display(),
+            kafka = s.kafka,
+            clip = clip.display(),
+        ),
+    )
+    .unwrap();
+    let agent = Proc::spawn(
+        "agent",
+        "camfleet-agent",
+        &["run", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+    );
+    let summary: serde_json::Value = serde_json::from_str(
+        agent
+            .wait_success(Duration::from_secs(60))
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        summary["frames_acked"], 40,
+        "the file ends the run: {summary}"
+    );
+
+    let source = std::fs::read(&clip).unwrap();
+    let frames = consume_frames(&s, &topic, 40);
+    let mut decoder = Decoder::new().unwrap();
+    let (w, h) = (320usize, 240usize);
+    let header_end = source.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let frame_len = 6 + w * h * 3 / 2; // "FRAME\n" + I420
+    for (i, (meta, annex_b)) in frames.iter().enumerate() {
+        assert_eq!((meta.fps.num, meta.fps.den), (25, 1));
+        assert_eq!(meta.pts_90k, i as u64 * 3600);
+        let yuv = decoder.decode(annex_b).unwrap().unwrap();
+        let stride = yuv.strides().0;
+        let y: Vec<u8> = (0..h)
+            .flat_map(|r| yuv.y()[r * stride..r * stride + w].to_vec())
+            .collect();
+        let start = header_end + i * frame_len + 6;
+        let p = psnr(&y, &source[start..start + w * h]);
+        assert!(p > 35.0, "frame {i}: PSNR-Y {p:.2} dB");
+    }
+}
