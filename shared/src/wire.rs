@@ -37,6 +37,9 @@ use std::collections::HashMap;
 use std::fmt;
 
 pub const FORMAT_VERSION: u32 = 1;
+/// Largest whole frame a consumer accepts (a 4K IDR is a few MiB); bounds the
+/// memory a corrupt or hostile chunk sequence can make a consumer hold.
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
 pub const VIDEO_TOPIC: &str = "camfleet.video.v1";
 
 pub mod header {
@@ -138,6 +141,8 @@ pub enum WireError {
     Camera(#[from] CameraIdError),
     #[error("record key {key:?} does not match header cf.camera {camera:?}")]
     KeyMismatch { key: String, camera: String },
+    #[error("frame {seq} of camera {camera} exceeds {MAX_FRAME_BYTES} bytes; dropped")]
+    TooLarge { camera: String, seq: u64 },
     #[error("chunk {got} of camera {camera} seq {seq} out of order (expected {expected})")]
     ChunkOrder {
         camera: String,
@@ -357,6 +362,13 @@ impl Reassembler {
             .partial
             .entry(camera.clone())
             .or_insert_with(|| (meta.clone(), 0, Vec::new()));
+        if entry.2.len() + bytes.len() > MAX_FRAME_BYTES {
+            self.partial.remove(&camera);
+            return Err(WireError::TooLarge {
+                camera: camera.to_string(),
+                seq: meta.seq,
+            });
+        }
         entry.1 += 1;
         entry.2.extend_from_slice(bytes);
         if entry.1 == chunk.count {
@@ -486,6 +498,15 @@ mod tests {
         assert!(r
             .push(meta(), Some(Chunk { index: 2, count: 3 }), b"c")
             .is_err());
+        // A chunk run that would exceed the frame limit is cut off.
+        let big = vec![0u8; MAX_FRAME_BYTES / 2 + 1];
+        let mut r2 = Reassembler::default();
+        r2.push(meta(), Some(Chunk { index: 0, count: 9 }), &big)
+            .unwrap();
+        assert!(matches!(
+            r2.push(meta(), Some(Chunk { index: 1, count: 9 }), &big),
+            Err(WireError::TooLarge { .. })
+        ));
         // And the reassembler recovers for the next frame.
         let mut next = meta();
         next.seq += 1;
