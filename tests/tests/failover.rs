@@ -1,0 +1,115 @@
+//! Three-node Kafka: the partition leader is killed (SIGKILL) while a live
+//! camera streams and the collector archives; no acknowledged frame is lost
+//! and the archive holds every frame exactly once. Needs
+//! `scripts/services up --kafka-nodes 3` (scripts/test runs it in that phase).
+
+use camfleet_tests::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use std::process::Command;
+use std::time::Duration;
+
+const W: u32 = 320;
+const H: u32 = 240;
+
+fn leader_of_partition_0(s: &Services, topic: &str) -> i32 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &s.kafka)
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    md.topics()[0].partitions()[0].leader()
+}
+
+fn services(cmd: &str, node: i32) {
+    let script = std::env::var("CAMFLEET_SERVICES").expect("CAMFLEET_SERVICES from .services/env");
+    let ok = Command::new(script)
+        .args([cmd, &node.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "scripts/services {cmd} {node} failed");
+}
+
+#[test]
+fn killing_the_partition_leader_loses_no_acknowledged_frame() {
+    let s = Services::get();
+    assert_eq!(
+        s.kafka_nodes, 3,
+        "this test needs three brokers: scripts/services up --kafka-nodes 3"
+    );
+    let topic = s.fresh_topic("failover", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let n = 300; // 10 s of live video
+    let cam = PatternCamera {
+        id: "yard/failover",
+        width: W,
+        height: H,
+        fps: 30,
+        frames: n,
+        paced: true,
+    };
+    let acfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &acfg,
+        agent_config(&s, &topic, &dir.path().join("data"), &cam, ""),
+    )
+    .unwrap();
+    let root = dir.path().join("archive");
+    let ccfg = dir.path().join("collector.toml");
+    std::fs::write(
+        &ccfg,
+        collector_config(
+            &s,
+            &topic,
+            &format!("{topic}.c"),
+            root.to_str().unwrap(),
+            1000,
+        ),
+    )
+    .unwrap();
+    let agent = Proc::spawn(
+        "agent",
+        "camfleet-agent",
+        &["run", "--config", acfg.to_str().unwrap()],
+        dir.path(),
+    );
+    let collector = Proc::spawn(
+        "collector",
+        "camfleet-collector",
+        &["run", "--config", ccfg.to_str().unwrap()],
+        dir.path(),
+    );
+    collector.wait_log(Duration::from_secs(30), "the first segment", |log| {
+        log.contains("segment archived")
+    });
+    let leader = leader_of_partition_0(&s, &topic);
+    services("kafka-kill", leader);
+    std::thread::sleep(Duration::from_secs(3));
+    services("kafka-start", leader);
+
+    let out = agent.wait_success(Duration::from_secs(90));
+    let summary: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(summary["frames_acked"], n, "{summary}");
+    assert_eq!(summary["frames_failed"], 0, "{summary}");
+    wait_until(Duration::from_secs(90), "every frame archived", || {
+        segments_under(&root)
+            .iter()
+            .map(|p| frame_numbers(p, W, H).len() as u64)
+            .sum::<u64>()
+            >= n
+    });
+    collector.signal("TERM");
+    collector.wait_success(Duration::from_secs(15));
+    let numbers: Vec<u64> = segments_under(&root)
+        .iter()
+        .flat_map(|p| frame_numbers(p, W, H))
+        .collect();
+    assert_eq!(
+        numbers,
+        (0..n).collect::<Vec<_>>(),
+        "every frame exactly once"
+    );
+}
