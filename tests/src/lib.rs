@@ -188,6 +188,14 @@ impl Proc {
         }
     }
 
+    /// Waits for a successful exit and parses the first stdout line, the
+    /// JSON summary both binaries print.
+    pub fn wait_summary(self, timeout: Duration) -> serde_json::Value {
+        let out = self.wait_success(timeout);
+        let line = out.lines().next().unwrap_or_default();
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("summary {line:?}: {e}"))
+    }
+
     /// Waits (bounded) until `pred` holds for the log text.
     pub fn wait_log(&self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + timeout;
@@ -401,4 +409,59 @@ pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
         return 99.0;
     }
     10.0 * (255.0f64 * 255.0 / mse).log10()
+}
+
+/// One test's world: the services, a fresh topic, and a temp dir for configs,
+/// agent state, archives and logs.
+pub struct Scenario {
+    pub services: Services,
+    pub topic: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Scenario {
+    pub fn new(name: &str, partitions: i32) -> Self {
+        let services = Services::get();
+        let topic = services.fresh_topic(name, partitions);
+        Self {
+            services,
+            topic,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Writes `config` to `<name>.toml` and runs `<bin> run --config` on it.
+    pub fn spawn(&self, name: &str, bin: &str, config: &str) -> Proc {
+        let file = self
+            .dir
+            .path()
+            .join(format!("{}.toml", name.replace('/', "-")));
+        std::fs::write(&file, config).unwrap();
+        Proc::spawn(
+            name,
+            bin,
+            &["run", "--config", file.to_str().unwrap()],
+            self.dir.path(),
+        )
+    }
+
+    /// An agent streaming one test-pattern camera to the scenario's topic;
+    /// its state directory is kept per camera, so a second run continues it.
+    pub fn agent(&self, cam: &PatternCamera<'_>, extra_kafka: &str) -> Proc {
+        let slug = cam.id.replace('/', "-");
+        let data = self.dir.path().join(format!("agent-data-{slug}"));
+        let config = agent_config(&self.services, &self.topic, &data, cam, extra_kafka);
+        self.spawn(&format!("agent-{slug}"), "camfleet-agent", &config)
+    }
+
+    /// A collector archiving the scenario's topic to `root`; all collectors of
+    /// a scenario share one consumer group, so a restart resumes the commits.
+    pub fn collector(&self, name: &str, root: &str) -> Proc {
+        self.spawn(name, "camfleet-collector", &self.collector_config(root))
+    }
+
+    pub fn collector_config(&self, root: &str) -> String {
+        let group = format!("{}.collectors", self.topic);
+        collector_config(&self.services, &self.topic, &group, root, 1000)
+    }
 }

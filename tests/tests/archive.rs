@@ -9,77 +9,15 @@ use std::time::Duration;
 const W: u32 = 320;
 const H: u32 = 240;
 
-struct Run {
-    dir: tempfile::TempDir,
-    services: Services,
-    topic: String,
-}
-
-impl Run {
-    fn new(name: &str) -> Self {
-        let services = Services::get();
-        let topic = services.fresh_topic(name, 3);
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-            services,
-            topic,
-        }
-    }
-
-    fn agent(&self, camera: &str, frames: u64, paced: bool) -> Proc {
-        let cfg = self
-            .dir
-            .path()
-            .join(format!("agent-{}.toml", camera.replace('/', "-")));
-        let data = self
-            .dir
-            .path()
-            .join(format!("agent-data-{}", camera.replace('/', "-")));
-        std::fs::write(
-            &cfg,
-            agent_config(
-                &self.services,
-                &self.topic,
-                &data,
-                &PatternCamera {
-                    id: camera,
-                    width: W,
-                    height: H,
-                    fps: 30,
-                    frames,
-                    paced,
-                },
-                "",
-            ),
-        )
-        .unwrap();
-        Proc::spawn(
-            &format!("agent-{camera}"),
-            "camfleet-agent",
-            &["run", "--config", cfg.to_str().unwrap()],
-            self.dir.path(),
-        )
-    }
-
-    fn collector(&self, name: &str, root: &str) -> Proc {
-        self.collector_with_metrics(name, root, None)
-    }
-
-    fn collector_with_metrics(&self, name: &str, root: &str, metrics: Option<&str>) -> Proc {
-        let cfg = self.dir.path().join(format!("{name}.toml"));
-        // One consumer group per test: a restarted collector resumes its predecessor's commits.
-        let group = format!("{}.collectors", self.topic);
-        let mut config = collector_config(&self.services, &self.topic, &group, root, 1000);
-        if let Some(addr) = metrics {
-            config = config.replace("listen = \"\"", &format!("listen = \"{addr}\""));
-        }
-        std::fs::write(&cfg, config).unwrap();
-        Proc::spawn(
-            name,
-            "camfleet-collector",
-            &["run", "--config", cfg.to_str().unwrap()],
-            self.dir.path(),
-        )
+/// A 320x240 test-pattern camera at 30 fps.
+fn pattern(id: &str, frames: u64, paced: bool) -> PatternCamera<'_> {
+    PatternCamera {
+        id,
+        width: W,
+        height: H,
+        fps: 30,
+        frames,
+        paced,
     }
 }
 
@@ -104,12 +42,14 @@ fn archived_frames_by_ffprobe(root: &Path) -> u64 {
 
 #[test]
 fn collector_archives_playable_segments_to_a_local_directory() {
-    let run = Run::new("local");
+    let run = Scenario::new("local", 3);
     let n = 120;
-    let agent = run.agent("yard/east", n, false);
+    let agent = run.agent(&pattern("yard/east", n, false), "");
     let root = run.dir.path().join("archive");
     let metrics = free_local_addr();
-    let collector = run.collector_with_metrics("collector", root.to_str().unwrap(), Some(&metrics));
+    let config = run.collector_config(root.to_str().unwrap());
+    let config = config.replace("listen = \"\"", &format!("listen = \"{metrics}\""));
+    let collector = run.spawn("collector", "camfleet-collector", &config);
     agent.wait_success(Duration::from_secs(60));
     wait_until(Duration::from_secs(60), "all frames archived", || {
         archived_frames_by_ffprobe(&root) == n
@@ -126,8 +66,7 @@ fn collector_archives_playable_segments_to_a_local_directory() {
         "{text}"
     );
     collector.signal("TERM");
-    let summary: serde_json::Value =
-        serde_json::from_str(collector.wait_success(Duration::from_secs(15)).trim()).unwrap();
+    let summary = collector.wait_summary(Duration::from_secs(15));
     assert_eq!(summary["frames_archived"], n, "{summary}");
     assert_eq!(summary["sequence_gaps"], 0, "{summary}");
 
@@ -150,11 +89,11 @@ fn collector_archives_playable_segments_to_a_local_directory() {
 
 #[test]
 fn collector_archives_to_real_hdfs_readable_by_the_java_shell() {
-    let run = Run::new("hdfs");
+    let run = Scenario::new("hdfs", 3);
     let n = 90;
     let base = format!("/camfleet-test/{}", run.topic);
     let root = format!("{}{base}", run.services.hdfs);
-    let agent = run.agent("dock/west", n, false);
+    let agent = run.agent(&pattern("dock/west", n, false), "");
     let collector = run.collector("collector", &root);
     agent.wait_success(Duration::from_secs(60));
     collector.wait_log(
@@ -185,12 +124,15 @@ fn collector_archives_to_real_hdfs_readable_by_the_java_shell() {
 
 #[test]
 fn sigkill_of_the_collector_loses_and_duplicates_nothing() {
-    let run = Run::new("sigkill");
+    let run = Scenario::new("sigkill", 3);
     // Two cameras on a live (paced) source, so the kill lands mid-stream and
     // the partition holds interleaved cameras.
     let n = 240; // 8 s at 30 fps
     let cams = ["site/a", "site/b"];
-    let agents: Vec<Proc> = cams.iter().map(|c| run.agent(c, n, true)).collect();
+    let agents: Vec<Proc> = cams
+        .iter()
+        .map(|c| run.agent(&pattern(c, n, true), ""))
+        .collect();
     let root = run.dir.path().join("archive");
     let first = run.collector("collector-1", root.to_str().unwrap());
     first.wait_log(Duration::from_secs(30), "a few segments", |log| {
@@ -208,8 +150,7 @@ fn sigkill_of_the_collector_loses_and_duplicates_nothing() {
         });
     }
     second.signal("TERM");
-    let summary: serde_json::Value =
-        serde_json::from_str(second.wait_success(Duration::from_secs(15)).trim()).unwrap();
+    let summary = second.wait_summary(Duration::from_secs(15));
     for cam in cams {
         let numbers = archived_frame_numbers(&root.join(cam));
         assert_eq!(
@@ -228,7 +169,7 @@ fn sigkill_of_the_collector_loses_and_duplicates_nothing() {
 
 #[test]
 fn an_archive_outage_holds_consumption_and_loses_nothing() {
-    let run = Run::new("outage");
+    let run = Scenario::new("outage", 3);
     let n = 90;
     let root = run.dir.path().join("archive");
     std::fs::create_dir_all(&root).unwrap();
@@ -236,7 +177,7 @@ fn an_archive_outage_holds_consumption_and_loses_nothing() {
     // (as root, permissions would not stop us).
     let blocker = root.join("lot");
     std::fs::write(&blocker, b"in the way").unwrap();
-    let agent = run.agent("lot/north", n, false);
+    let agent = run.agent(&pattern("lot/north", n, false), "");
     let collector = run.collector("collector", root.to_str().unwrap());
     agent.wait_success(Duration::from_secs(60));
     collector.wait_log(Duration::from_secs(30), "failed archive writes", |log| {
@@ -248,8 +189,7 @@ fn an_archive_outage_holds_consumption_and_loses_nothing() {
         archived_frames_by_ffprobe(&root) == n
     });
     collector.signal("TERM");
-    let summary: serde_json::Value =
-        serde_json::from_str(collector.wait_success(Duration::from_secs(15)).trim()).unwrap();
+    let summary = collector.wait_summary(Duration::from_secs(15));
     assert!(
         summary["archive_retries"].as_u64().unwrap() >= 2,
         "{summary}"

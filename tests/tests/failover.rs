@@ -35,13 +35,12 @@ fn services(cmd: &str, node: i32) {
 
 #[test]
 fn killing_the_partition_leader_loses_no_acknowledged_frame() {
-    let s = Services::get();
+    let run = Scenario::new("failover", 1);
+    let s = &run.services;
     assert_eq!(
         s.kafka_nodes, 3,
         "this test needs three brokers: scripts/services up --kafka-nodes 3"
     );
-    let topic = s.fresh_topic("failover", 1);
-    let dir = tempfile::tempdir().unwrap();
     let n = 300; // 10 s of live video
     let cam = PatternCamera {
         id: "yard/failover",
@@ -51,47 +50,18 @@ fn killing_the_partition_leader_loses_no_acknowledged_frame() {
         frames: n,
         paced: true,
     };
-    let acfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &acfg,
-        agent_config(&s, &topic, &dir.path().join("data"), &cam, ""),
-    )
-    .unwrap();
-    let root = dir.path().join("archive");
-    let ccfg = dir.path().join("collector.toml");
-    std::fs::write(
-        &ccfg,
-        collector_config(
-            &s,
-            &topic,
-            &format!("{topic}.c"),
-            root.to_str().unwrap(),
-            1000,
-        ),
-    )
-    .unwrap();
-    let agent = Proc::spawn(
-        "agent",
-        "camfleet-agent",
-        &["run", "--config", acfg.to_str().unwrap()],
-        dir.path(),
-    );
-    let collector = Proc::spawn(
-        "collector",
-        "camfleet-collector",
-        &["run", "--config", ccfg.to_str().unwrap()],
-        dir.path(),
-    );
+    let root = run.dir.path().join("archive");
+    let agent = run.agent(&cam, "");
+    let collector = run.collector("collector", root.to_str().unwrap());
     collector.wait_log(Duration::from_secs(30), "the first segment", |log| {
         log.contains("segment archived")
     });
-    let leader = leader_of_partition_0(&s, &topic);
+    let leader = leader_of_partition_0(s, &run.topic);
     services("kafka-kill", leader);
     std::thread::sleep(Duration::from_secs(3));
     services("kafka-start", leader);
 
-    let out = agent.wait_success(Duration::from_secs(90));
-    let summary: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let summary = agent.wait_summary(Duration::from_secs(90));
     assert_eq!(summary["frames_acked"], n, "{summary}");
     assert_eq!(summary["frames_failed"], 0, "{summary}");
     wait_until(Duration::from_secs(90), "every frame archived", || {

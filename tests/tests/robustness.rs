@@ -43,10 +43,7 @@ encoder = { bitrate_kpbs = 500 }
 
 #[test]
 fn sigterm_drains_every_encoded_frame_to_kafka_within_10_s() {
-    let s = Services::get();
-    let topic = s.fresh_topic("drain", 1);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("agent.toml");
+    let run = Scenario::new("drain", 1);
     let cam = PatternCamera {
         id: "lab/drain",
         width: 640,
@@ -55,23 +52,12 @@ fn sigterm_drains_every_encoded_frame_to_kafka_within_10_s() {
         frames: 100_000,
         paced: true,
     };
-    std::fs::write(
-        &cfg,
-        agent_config(&s, &topic, &dir.path().join("data"), &cam, ""),
-    )
-    .unwrap();
-    let agent = Proc::spawn(
-        "agent",
-        "camfleet-agent",
-        &["run", "--config", cfg.to_str().unwrap()],
-        dir.path(),
-    );
+    let agent = run.agent(&cam, "");
     std::thread::sleep(Duration::from_secs(3));
     agent.signal("TERM");
     let t = Instant::now();
-    let out = agent.wait_success(Duration::from_secs(10));
+    let summary = agent.wait_summary(Duration::from_secs(10));
     eprintln!("agent stopped {:?} after SIGTERM", t.elapsed());
-    let summary: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     let encoded = summary["frames_encoded"].as_u64().unwrap();
     assert!(encoded >= 60, "{summary}");
     assert_eq!(
@@ -86,19 +72,7 @@ fn sigterm_drains_every_encoded_frame_to_kafka_within_10_s() {
         paced: false,
         ..cam
     };
-    std::fs::write(
-        &cfg,
-        agent_config(&s, &topic, &dir.path().join("data"), &next, ""),
-    )
-    .unwrap();
-    let again = Proc::spawn(
-        "agent-2",
-        "camfleet-agent",
-        &["run", "--config", cfg.to_str().unwrap()],
-        dir.path(),
-    );
-    let out = again.wait_success(Duration::from_secs(30));
-    let second: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let second = run.agent(&next, "").wait_summary(Duration::from_secs(30));
     assert_eq!(second["seq_first"].as_u64().unwrap(), encoded, "{second}");
     assert_eq!(
         second["epoch"].as_u64().unwrap(),
@@ -108,9 +82,8 @@ fn sigterm_drains_every_encoded_frame_to_kafka_within_10_s() {
 
 #[test]
 fn malformed_records_go_to_the_dead_letter_topic_and_video_still_flows() {
-    let s = Services::get();
-    let topic = s.fresh_topic("dlq", 1);
-    let dir = tempfile::tempdir().unwrap();
+    let run = Scenario::new("dlq", 1);
+    let (s, topic) = (&run.services, &run.topic);
     // A foreign record (no camfleet headers) and one with a bad header, written by kcat.
     for (key, headers) in [
         ("some/thing", Vec::<&str>::new()),
@@ -136,7 +109,7 @@ fn malformed_records_go_to_the_dead_letter_topic_and_video_still_flows() {
         ),
     ] {
         let mut cmd = Command::new("kcat");
-        cmd.args(["-b", &s.kafka, "-P", "-t", &topic, "-k", key])
+        cmd.args(["-b", &s.kafka, "-P", "-t", topic, "-k", key])
             .args(&headers);
         let mut child = cmd
             .stdin(std::process::Stdio::piped())
@@ -151,7 +124,6 @@ fn malformed_records_go_to_the_dead_letter_topic_and_video_still_flows() {
             .unwrap();
         assert!(child.wait().unwrap().success());
     }
-    let cfg = dir.path().join("agent.toml");
     let cam = PatternCamera {
         id: "lab/good",
         width: 320,
@@ -160,38 +132,9 @@ fn malformed_records_go_to_the_dead_letter_topic_and_video_still_flows() {
         frames: 30,
         paced: false,
     };
-    std::fs::write(
-        &cfg,
-        agent_config(&s, &topic, &dir.path().join("data"), &cam, ""),
-    )
-    .unwrap();
-    Proc::spawn(
-        "agent",
-        "camfleet-agent",
-        &["run", "--config", cfg.to_str().unwrap()],
-        dir.path(),
-    )
-    .wait_success(Duration::from_secs(60));
-
-    let root = dir.path().join("archive");
-    let ccfg = dir.path().join("collector.toml");
-    std::fs::write(
-        &ccfg,
-        collector_config(
-            &s,
-            &topic,
-            &format!("{topic}.c"),
-            root.to_str().unwrap(),
-            1000,
-        ),
-    )
-    .unwrap();
-    let collector = Proc::spawn(
-        "collector",
-        "camfleet-collector",
-        &["run", "--config", ccfg.to_str().unwrap()],
-        dir.path(),
-    );
+    run.agent(&cam, "").wait_success(Duration::from_secs(60));
+    let root = run.dir.path().join("archive");
+    let collector = run.collector("collector", root.to_str().unwrap());
     wait_until(Duration::from_secs(60), "the good camera archived", || {
         segments_under(&root)
             .iter()
@@ -200,8 +143,7 @@ fn malformed_records_go_to_the_dead_letter_topic_and_video_still_flows() {
             == 30
     });
     collector.signal("TERM");
-    let summary: serde_json::Value =
-        serde_json::from_str(collector.wait_success(Duration::from_secs(15)).trim()).unwrap();
+    let summary = collector.wait_summary(Duration::from_secs(15));
     assert_eq!(summary["dead_letter_records"], 2, "{summary}");
     assert_eq!(summary["frames_archived"], 30, "{summary}");
 

@@ -53,9 +53,8 @@ fn consume_frames(s: &Services, topic: &str, n: usize) -> Vec<(wire::FrameMeta, 
     frames
 }
 
-fn run_agent(s: &Services, topic: &str, frames: u64, extra_kafka: &str) -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("agent.toml");
+/// Runs the agent for `frames` frames of the 640x360 pattern; its summary.
+fn run_agent(run: &Scenario, frames: u64, extra_kafka: &str) -> serde_json::Value {
     let camera = PatternCamera {
         id: "lab/pattern",
         width: W,
@@ -64,28 +63,20 @@ fn run_agent(s: &Services, topic: &str, frames: u64, extra_kafka: &str) -> serde
         frames,
         paced: false,
     };
-    let config = agent_config(s, topic, &dir.path().join("data"), &camera, extra_kafka);
-    std::fs::write(&cfg, config).unwrap();
-    let agent = Proc::spawn(
-        "agent",
-        "camfleet-agent",
-        &["run", "--config", cfg.to_str().unwrap()],
-        dir.path(),
-    );
-    let out = agent.wait_success(Duration::from_secs(120));
-    serde_json::from_str(out.lines().next().expect("agent prints a summary")).unwrap()
+    run.agent(&camera, extra_kafka)
+        .wait_summary(Duration::from_secs(120))
 }
 
 #[test]
 fn frames_survive_the_real_broker_in_order_and_at_quality() {
-    let s = Services::get();
-    let topic = s.fresh_topic("roundtrip", 3);
+    let run = Scenario::new("roundtrip", 3);
+    let (s, topic) = (&run.services, &run.topic);
     let n = 90;
-    let summary = run_agent(&s, &topic, n, "");
+    let summary = run_agent(&run, n, "");
     assert_eq!(summary["frames_acked"], n, "{summary}");
     assert_eq!(summary["frames_failed"], 0, "{summary}");
 
-    let frames = consume_frames(&s, &topic, n as usize);
+    let frames = consume_frames(s, topic, n as usize);
     let mut decoder = Decoder::new().unwrap();
     let mut worst = f64::MAX;
     for (i, (meta, annex_b)) in frames.iter().enumerate() {
@@ -116,13 +107,13 @@ fn frames_survive_the_real_broker_in_order_and_at_quality() {
 
 #[test]
 fn frames_larger_than_a_record_are_split_and_rejoined() {
-    let s = Services::get();
-    let topic = s.fresh_topic("chunks", 1);
+    let run = Scenario::new("chunks", 1);
+    let (s, topic) = (&run.services, &run.topic);
     let n = 20;
     // 4 KiB records: every keyframe and most P frames at 640x360 are split.
-    let summary = run_agent(&s, &topic, n, "max_record_bytes = 4096");
+    let summary = run_agent(&run, n, "max_record_bytes = 4096");
     assert_eq!(summary["frames_acked"], n, "{summary}");
-    let frames = consume_frames(&s, &topic, n as usize);
+    let frames = consume_frames(s, topic, n as usize);
     let mut decoder = Decoder::new().unwrap();
     for (i, (meta, annex_b)) in frames.iter().enumerate() {
         assert_eq!(meta.seq, i as u64);
@@ -134,16 +125,16 @@ fn frames_larger_than_a_record_are_split_and_rejoined() {
 
 #[test]
 fn kcat_lists_the_records_with_their_headers() {
-    let s = Services::get();
-    let topic = s.fresh_topic("kcat", 1);
-    run_agent(&s, &topic, 16, "");
+    let run = Scenario::new("kcat", 1);
+    let (s, topic) = (&run.services, &run.topic);
+    run_agent(&run, 16, "");
     let out = std::process::Command::new("kcat")
         .args([
             "-b",
             &s.kafka,
             "-C",
             "-t",
-            &topic,
+            topic,
             "-o",
             "beginning",
             "-c",
@@ -187,9 +178,8 @@ fn kcat_lists_the_records_with_their_headers() {
 
 #[test]
 fn a_y4m_clip_arrives_frame_for_frame_at_quality() {
-    let s = Services::get();
-    let topic = s.fresh_topic("y4m", 1);
-    let dir = tempfile::tempdir().unwrap();
+    let run = Scenario::new("y4m", 1);
+    let (s, topic, dir) = (&run.services, &run.topic, &run.dir);
     // ffmpeg (a peer) writes the clip; testsrc2 has detail and motion.
     let clip = dir.path().join("clip.y4m");
     let ok = std::process::Command::new("ffmpeg")
@@ -207,11 +197,8 @@ fn a_y4m_clip_arrives_frame_for_frame_at_quality() {
         .expect("ffmpeg is installed by scripts/setup")
         .success();
     assert!(ok, "ffmpeg could not write the clip");
-    let cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"data_dir = "{data}"
+    let config = format!(
+        r#"data_dir = "{data}"
 [kafka]
 bootstrap_servers = "{kafka}"
 topic = "{topic}"
@@ -220,33 +207,20 @@ id = "lab/clip"
 source = {{ kind = "y4m", path = "{clip}", unpaced = true }}
 encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 25 }}
 "#,
-            data = dir.path().join("data").display(),
-            kafka = s.kafka,
-            clip = clip.display(),
-        ),
-    )
-    .unwrap();
-    let agent = Proc::spawn(
-        "agent",
-        "camfleet-agent",
-        &["run", "--config", cfg.to_str().unwrap()],
-        dir.path(),
+        data = dir.path().join("data").display(),
+        kafka = s.kafka,
+        clip = clip.display(),
     );
-    let summary: serde_json::Value = serde_json::from_str(
-        agent
-            .wait_success(Duration::from_secs(60))
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let summary = run
+        .spawn("agent", "camfleet-agent", &config)
+        .wait_summary(Duration::from_secs(60));
     assert_eq!(
         summary["frames_acked"], 40,
         "the file ends the run: {summary}"
     );
 
     let source = std::fs::read(&clip).unwrap();
-    let frames = consume_frames(&s, &topic, 40);
+    let frames = consume_frames(s, topic, 40);
     let mut decoder = Decoder::new().unwrap();
     let (w, h) = (320usize, 240usize);
     let header_end = source.iter().position(|&b| b == b'\n').unwrap() + 1;
