@@ -133,10 +133,15 @@ impl<A: Archive> Collector<A> {
                     }
                 }
                 _ = tick.tick() => {
-                    for seg in self.segmenter.close_idle(Instant::now()) {
+                    let idle = self.segmenter.close_idle(Instant::now());
+                    let flushed = !idle.is_empty();
+                    for seg in idle {
                         self.archive_segment(seg).await?;
                     }
-                    self.commit(CommitMode::Async);
+                    // An idle cut depends on wall time, so a replay would not
+                    // repeat it: its watermark must be in Kafka before any
+                    // later segment of that camera can be written.
+                    self.commit(if flushed { CommitMode::Sync } else { CommitMode::Async });
                 }
             }
         }
@@ -447,7 +452,15 @@ impl<A: Archive> Collector<A> {
         if sent.is_empty() {
             return;
         }
-        match self.consumer.commit(&tpl, mode) {
+        // A synchronous commit blocks on the broker; keep the runtime's other
+        // tasks (metrics) moving meanwhile.
+        let result = match mode {
+            CommitMode::Sync => {
+                tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync))
+            }
+            CommitMode::Async => self.consumer.commit(&tpl, CommitMode::Async),
+        };
+        match result {
             Ok(()) => {
                 self.stats.offset_commits(1);
                 for (p, safe, metadata) in sent {
