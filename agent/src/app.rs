@@ -31,17 +31,14 @@ pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(8);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("camera {camera}: {source}")]
-    Source {
-        camera: String,
-        #[source]
-        source: SourceError,
-    },
-    #[error("camera {camera}: {source}")]
+    // The inner error is part of the message (not a `source`), so a report
+    // that prints the cause chain does not say it twice.
+    #[error("camera {camera}: {error}")]
+    Source { camera: String, error: SourceError },
+    #[error("camera {camera}: {error}")]
     Encoder {
         camera: String,
-        #[source]
-        source: crate::encode::EncodeError,
+        error: crate::encode::EncodeError,
     },
     #[error(transparent)]
     Sequence(#[from] SequenceError),
@@ -81,14 +78,14 @@ pub async fn run<S: FrameSink>(
     let mut cameras = Vec::new();
     // Open everything first, so a bad camera fails the start before any video flows.
     for cam in &config.cameras {
-        let src = source::open(&cam.source).map_err(|source| AgentError::Source {
+        let src = source::open(&cam.source).map_err(|error| AgentError::Source {
             camera: cam.id.to_string(),
-            source,
+            error,
         })?;
         let encoder =
-            H264Encoder::new(src.format(), &cam.encoder).map_err(|source| AgentError::Encoder {
+            H264Encoder::new(src.format(), &cam.encoder).map_err(|error| AgentError::Encoder {
                 camera: cam.id.to_string(),
-                source,
+                error,
             })?;
         let seq = SequenceStore::open(&config.data_dir, cam.id.site(), cam.id.camera())?;
         cameras.push((cam.clone(), src, encoder, seq));
@@ -305,7 +302,7 @@ async fn run_camera<S: FrameSink>(
         Ok(Err(e)) => {
             return Err(AgentError::Source {
                 camera: camera.clone(),
-                source: e,
+                error: e,
             })
         }
         Err(_) => panic!("capture thread panicked"),

@@ -31,6 +31,7 @@ encoder = { bitrate_kpbs = 500 }
         err.contains("bitrate_kpbs") && err.contains("agent.toml"),
         "{err}"
     );
+    assert_eq!(err.matches("unknown field").count(), 1, "said once: {err}");
 
     let out = Command::new(binary("camfleet-collector"))
         .args(["validate", "--config", "/nonexistent/collector.toml"])

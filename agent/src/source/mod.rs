@@ -36,12 +36,8 @@ pub struct RawFrame {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: not a usable Y4M file: {reason}")]
     Y4m { path: String, reason: String },
 }

@@ -25,9 +25,9 @@ pub struct Y4mFile {
 impl Y4mFile {
     pub fn open(path: &Path, looping: bool, paced: bool) -> Result<Self, SourceError> {
         let shown = path.display().to_string();
-        let io = |source| SourceError::Io {
+        let io = |error| SourceError::Io {
             path: shown.clone(),
-            source,
+            error,
         };
         let mut reader = BufReader::new(File::open(path).map_err(io)?);
         let mut header = Vec::new();
@@ -55,9 +55,9 @@ impl Y4mFile {
 
     /// Reads the next picture into `pic`; false at end of file.
     fn read_frame(&mut self, pic: &mut Vec<u8>) -> Result<bool, SourceError> {
-        let io = |source| SourceError::Io {
+        let io = |error| SourceError::Io {
             path: self.path.clone(),
-            source,
+            error,
         };
         let mut line = Vec::new();
         let n = self
@@ -143,9 +143,9 @@ impl FrameSource for Y4mFile {
             }
             self.reader
                 .seek(SeekFrom::Start(self.data_start))
-                .map_err(|source| SourceError::Io {
+                .map_err(|error| SourceError::Io {
                     path: self.path.clone(),
-                    source,
+                    error,
                 })?;
             if !self.read_frame(&mut pic)? {
                 return Ok(None);
