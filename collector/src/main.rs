@@ -63,7 +63,17 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         } => {
             let cfg = load(&config)?;
             if check_archive {
-                AnyArchive::open(&cfg.archive.root).await?;
+                // The HDFS client retries a refused connection without end; a
+                // check must answer.
+                let limit = std::time::Duration::from_secs(20);
+                tokio::time::timeout(limit, AnyArchive::open(&cfg.archive.root))
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "archive root {:?} did not answer within {limit:?}",
+                            cfg.archive.root
+                        )
+                    })??;
                 println!("ok archive {}", cfg.archive.root);
             }
             println!("config {} is valid", config.display());
