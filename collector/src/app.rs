@@ -133,38 +133,47 @@ impl<A: Archive> Collector<A> {
                     }
                 }
                 _ = tick.tick() => {
-                    let idle = self.segmenter.close_idle(Instant::now());
-                    let flushed = !idle.is_empty();
-                    for seg in idle {
-                        self.archive_segment(seg).await?;
+                    for camera in self.segmenter.due_snapshots(Some(Instant::now())) {
+                        // A failed snapshot is retried at the next tick.
+                        let _ = self.snapshot(&camera).await;
                     }
-                    // An idle cut depends on wall time, so a replay would not
-                    // repeat it: its watermark must be in Kafka before any
-                    // later segment of that camera can be written.
-                    self.commit(if flushed { CommitMode::Sync } else { CommitMode::Async });
+                    self.commit(CommitMode::Async);
                 }
             }
         }
         self.drain().await
     }
 
-    /// Graceful stop: archive open segments within the budget, commit, leave.
+    /// Graceful stop, within the budget: write the closed segments still
+    /// pending, snapshot the open ones, commit, leave the group.
+    ///
+    /// Open segments stay open (their frames are not committed): the next
+    /// owner of the partition replays them and writes the whole segment
+    /// under the same name, so it still starts at its keyframe.
     async fn drain(mut self) -> Result<(), CollectorError> {
         tracing::info!(
+            pending = self.pending.len(),
             open = self.segmenter.open_segments(),
-            "shutdown: closing open segments"
+            "shutdown: writing pending and open segments"
         );
         let deadline = Instant::now() + SHUTDOWN_BUDGET;
-        let mut segments = std::mem::take(&mut self.pending);
-        segments.extend(self.segmenter.close_all());
-        for seg in segments {
+        for seg in std::mem::take(&mut self.pending) {
             let left = deadline.saturating_duration_since(Instant::now());
             let camera = seg.camera.clone();
-            match tokio::time::timeout(left, self.put_once(&seg)).await {
+            match tokio::time::timeout(left, self.write(&seg.camera, &seg.frames)).await {
                 Ok(Ok(())) => self.mark_archived(&seg),
                 // Not committed, so the next owner replays it.
                 Ok(Err(e)) => tracing::warn!(%camera, error = %e, "segment left for replay"),
                 Err(_) => tracing::warn!(%camera, "shutdown budget spent; segment left for replay"),
+            }
+        }
+        for camera in self.segmenter.due_snapshots(None) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, self.snapshot(&camera))
+                .await
+                .is_err()
+            {
+                tracing::warn!(%camera, "shutdown budget spent; open segment left for replay");
             }
         }
         self.commit(CommitMode::Sync);
@@ -359,7 +368,7 @@ impl<A: Archive> Collector<A> {
                 self.pending.push(seg);
                 return Ok(false);
             }
-            match self.put_once(&seg).await {
+            match self.write(&seg.camera, &seg.frames).await {
                 Ok(()) => {
                     self.mark_archived(&seg);
                     return Ok(true);
@@ -381,28 +390,49 @@ impl<A: Archive> Collector<A> {
         }
     }
 
-    async fn put_once(&self, seg: &Segment) -> Result<(), ArchiveError> {
-        let frames: Vec<mpegts::TsFrame<'_>> = seg
-            .frames
-            .iter()
-            .map(|f| mpegts::TsFrame {
-                pts_90k: f.meta.pts_90k,
-                keyframe: f.meta.keyframe,
-                annex_b: &f.annex_b,
-            })
-            .collect();
-        let ts = mpegts::mux_segment(&frames);
-        let first = &seg.first().meta;
-        let path = segment_path(&seg.camera, first.seq, first.capture_us);
+    /// Writes an open segment as it stands (a snapshot under its final name).
+    /// Its frames become durable but stay uncommitted until it closes.
+    async fn snapshot(&mut self, camera: &CameraId) -> Result<(), ArchiveError> {
+        let Some(frames) = self.segmenter.open_frames(camera) else {
+            return Ok(());
+        };
+        let (ts, path) = mux(camera, frames);
+        let (count, first_seq) = (frames.len(), frames[0].meta.seq);
+        let last_seq = frames[count - 1].meta.seq;
+        let len = ts.len();
+        if let Err(e) = self.archive.put(&path, Bytes::from(ts)).await {
+            self.stats.archive_retries(1);
+            tracing::warn!(%camera, error = %e, "snapshot of an open segment failed");
+            return Err(e);
+        }
+        tracing::info!(
+            location = %self.archive.location(&path),
+            frames = count,
+            bytes = len,
+            first_seq,
+            last_seq,
+            complete = false,
+            "segment archived"
+        );
+        self.stats.archive_bytes(len as u64);
+        let before = self.segmenter.snapshotted(camera);
+        self.stats.frames_archived((count - before) as u64);
+        self.segmenter.mark_snapshotted(camera, count);
+        Ok(())
+    }
+
+    /// Writes a closed segment (replacing its snapshot, if any).
+    async fn write(&self, camera: &CameraId, frames: &[SegmentFrame]) -> Result<(), ArchiveError> {
+        let (ts, path) = mux(camera, frames);
         let len = ts.len();
         self.archive.put(&path, Bytes::from(ts)).await?;
         tracing::info!(
             location = %self.archive.location(&path),
-            frames = seg.frames.len(),
+            frames = frames.len(),
             bytes = len,
-            first_seq = first.seq,
-            last_seq = seg.last().meta.seq,
-            reason = ?seg.reason,
+            first_seq = frames[0].meta.seq,
+            last_seq = frames[frames.len() - 1].meta.seq,
+            complete = true,
             "segment archived"
         );
         self.stats.archive_bytes(len as u64);
@@ -412,7 +442,9 @@ impl<A: Archive> Collector<A> {
     fn mark_archived(&mut self, seg: &Segment) {
         self.continuity.archived(&seg.camera, seg.last().meta.seq);
         self.stats.segments_written(1);
-        self.stats.frames_archived(seg.frames.len() as u64);
+        // Frames an earlier snapshot wrote were counted then.
+        self.stats
+            .frames_archived((seg.frames.len() - seg.snapshotted) as u64);
     }
 
     /// Commits every partition whose safe offset or watermarks changed.
@@ -470,6 +502,23 @@ impl<A: Archive> Collector<A> {
             Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
         }
     }
+}
+
+/// MPEG-TS bytes and archive path of a run of one camera's frames (non-empty).
+fn mux(camera: &CameraId, frames: &[SegmentFrame]) -> (Vec<u8>, String) {
+    let ts_frames: Vec<mpegts::TsFrame<'_>> = frames
+        .iter()
+        .map(|f| mpegts::TsFrame {
+            pts_90k: f.meta.pts_90k,
+            keyframe: f.meta.keyframe,
+            annex_b: &f.annex_b,
+        })
+        .collect();
+    let first = &frames[0].meta;
+    (
+        mpegts::mux_segment(&ts_frames),
+        segment_path(camera, first.seq, first.capture_us),
+    )
 }
 
 /// Builds the archive named in the config and runs a collector until `shutdown`.

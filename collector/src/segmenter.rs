@@ -10,9 +10,14 @@
 //!
 //! Architecture Invariant: the cut depends only on the frames, never on
 //! arrival time, so a replay from any segment start rebuilds byte-identical
-//! segments with identical names. The one time-based exception is
-//! [`Segmenter::close_idle`] (a camera that stopped sending), which the
-//! consumer uses to write out the tail of a quiet stream.
+//! segments with identical names, and every segment starts where the stream
+//! allows decoding to start (an IDR, unless the stream itself has a gap or
+//! starts mid-GOP).
+//!
+//! Time only decides when an *open* segment is also written early, as a
+//! snapshot under its final name ([`Segmenter::due_snapshots`]): a camera
+//! that went quiet, or a shutdown. A snapshot does not close the segment;
+//! when the segment closes, the full file replaces the snapshot.
 
 use camfleet_shared::wire::FrameMeta;
 use camfleet_shared::CameraId;
@@ -35,6 +40,8 @@ pub struct Segment {
     pub camera: CameraId,
     pub frames: Vec<SegmentFrame>,
     pub reason: CutReason,
+    /// How many leading frames an earlier snapshot already made durable.
+    pub snapshotted: usize,
 }
 
 impl Segment {
@@ -52,8 +59,6 @@ pub enum CutReason {
     Epoch,
     Gap,
     Size,
-    Idle,
-    Shutdown,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -67,6 +72,8 @@ struct Open {
     frames: Vec<SegmentFrame>,
     bytes: usize,
     last_arrival: Instant,
+    /// Frames written by the last snapshot.
+    snapshotted: usize,
 }
 
 pub struct Segmenter {
@@ -115,6 +122,7 @@ impl Segmenter {
             frames: Vec::new(),
             bytes: 0,
             last_arrival: now,
+            snapshotted: 0,
         });
         open.bytes += frame.annex_b.len();
         open.last_arrival = now;
@@ -122,25 +130,38 @@ impl Segmenter {
         closed
     }
 
-    /// Closes segments that received no frame for the idle time.
-    pub fn close_idle(&mut self, now: Instant) -> Vec<Segment> {
-        let idle: Vec<CameraId> = self
+    /// Cameras whose open segment received no frame for the idle time and
+    /// holds frames no snapshot has written yet. With `now = None`, every open
+    /// segment with such frames (shutdown).
+    pub fn due_snapshots(&self, now: Option<Instant>) -> Vec<CameraId> {
+        let mut due: Vec<CameraId> = self
             .open
             .iter()
-            .filter(|(_, o)| now.duration_since(o.last_arrival) >= self.policy.idle)
+            .filter(|(_, o)| o.snapshotted < o.frames.len())
+            .filter(|(_, o)| {
+                now.is_none_or(|now| now.duration_since(o.last_arrival) >= self.policy.idle)
+            })
             .map(|(c, _)| c.clone())
             .collect();
-        idle.iter()
-            .filter_map(|c| self.close(c, CutReason::Idle))
-            .collect()
+        due.sort();
+        due
     }
 
-    /// Closes every open segment (graceful shutdown).
-    pub fn close_all(&mut self) -> Vec<Segment> {
-        let all: Vec<CameraId> = self.open.keys().cloned().collect();
-        all.iter()
-            .filter_map(|c| self.close(c, CutReason::Shutdown))
-            .collect()
+    /// The frames of a camera's open segment, so far.
+    pub fn open_frames(&self, camera: &CameraId) -> Option<&[SegmentFrame]> {
+        self.open.get(camera).map(|o| &o.frames[..])
+    }
+
+    /// How many frames of the camera's open segment a snapshot has written.
+    pub fn snapshotted(&self, camera: &CameraId) -> usize {
+        self.open.get(camera).map_or(0, |o| o.snapshotted)
+    }
+
+    /// Records that a snapshot wrote the first `frames` frames.
+    pub fn mark_snapshotted(&mut self, camera: &CameraId, frames: usize) {
+        if let Some(o) = self.open.get_mut(camera) {
+            o.snapshotted = o.snapshotted.max(frames);
+        }
     }
 
     /// Forgets the open segments of `partition` (it was revoked: the next owner
@@ -169,6 +190,7 @@ impl Segmenter {
             camera: camera.clone(),
             frames: o.frames,
             reason,
+            snapshotted: o.snapshotted,
         })
     }
 }
@@ -207,19 +229,19 @@ mod tests {
         }
     }
 
-    /// Segment first sequence numbers for a 30 fps camera with an IDR every `gop`.
-    fn cuts(frames: impl Iterator<Item = SegmentFrame>) -> Vec<(u64, usize, CutReason)> {
+    /// (first seq, frames, reason) of each closed segment, then the open one
+    /// with reason `None`.
+    fn cuts(frames: impl Iterator<Item = SegmentFrame>) -> Vec<(u64, usize, Option<CutReason>)> {
         let mut s = Segmenter::new(policy());
         let now = Instant::now();
         let mut out: Vec<_> = frames
             .filter_map(|f| s.push(f, now))
-            .map(|seg| (seg.first().meta.seq, seg.frames.len(), seg.reason))
+            .map(|seg| (seg.first().meta.seq, seg.frames.len(), Some(seg.reason)))
             .collect();
-        out.extend(
-            s.close_all()
-                .into_iter()
-                .map(|seg| (seg.first().meta.seq, seg.frames.len(), seg.reason)),
-        );
+        for cam in s.due_snapshots(None) {
+            let open = s.open_frames(&cam).unwrap();
+            out.push((open[0].meta.seq, open.len(), None));
+        }
         out
     }
 
@@ -227,14 +249,8 @@ mod tests {
     fn cuts_at_the_first_keyframe_past_the_target() {
         // GOP 45 frames (1.5 s): the cut waits for the IDR at 90 (3 s).
         let got = cuts((0..200).map(|i| frame("s/a", i, i % 45 == 0, 1, i as i64)));
-        assert_eq!(
-            got,
-            [
-                (0, 90, CutReason::Duration),
-                (90, 90, CutReason::Duration),
-                (180, 20, CutReason::Shutdown)
-            ]
-        );
+        let d = Some(CutReason::Duration);
+        assert_eq!(got, [(0, 90, d), (90, 90, d), (180, 20, None)]);
     }
 
     #[test]
@@ -253,9 +269,9 @@ mod tests {
         assert_eq!(
             cuts(frames),
             [
-                (0, 10, CutReason::Gap),
-                (12, 3, CutReason::Epoch),
-                (15, 5, CutReason::Shutdown)
+                (0, 10, Some(CutReason::Gap)),
+                (12, 3, Some(CutReason::Epoch)),
+                (15, 5, None)
             ]
         );
     }
@@ -273,14 +289,42 @@ mod tests {
         assert_eq!(s.lowest_open_offset(0), None);
     }
 
+    /// A quiet camera gets a snapshot, but its segment stays open: the cut
+    /// (and so the next segment's first frame) does not depend on the pause.
     #[test]
-    fn idle_cameras_are_closed() {
+    fn a_pause_snapshots_the_open_segment_without_cutting_it() {
         let mut s = Segmenter::new(policy());
         let t0 = Instant::now();
-        s.push(frame("s/a", 0, true, 1, 0), t0);
-        assert!(s.close_idle(t0 + Duration::from_secs(1)).is_empty());
-        let closed = s.close_idle(t0 + Duration::from_secs(6));
-        assert_eq!(closed.len(), 1);
-        assert_eq!(closed[0].reason, CutReason::Idle);
+        let cam = CameraId::new("s/a").unwrap();
+        for i in 0..10 {
+            assert!(s
+                .push(frame("s/a", i, i % 45 == 0, 1, i as i64), t0)
+                .is_none());
+        }
+        assert!(s
+            .due_snapshots(Some(t0 + Duration::from_secs(1)))
+            .is_empty());
+        let late = t0 + Duration::from_secs(6);
+        assert_eq!(s.due_snapshots(Some(late)), std::slice::from_ref(&cam));
+        s.mark_snapshotted(&cam, 10);
+        assert!(
+            s.due_snapshots(Some(late)).is_empty(),
+            "nothing new to write"
+        );
+        // The stream resumes: same segment, cut at the usual keyframe.
+        let mut closed = None;
+        for i in 10..100 {
+            closed = closed.or(s.push(frame("s/a", i, i % 45 == 0, 1, i as i64), late));
+        }
+        let seg = closed.expect("cut at the IDR of frame 90");
+        assert_eq!(
+            (seg.first().meta.seq, seg.frames.len(), seg.snapshotted),
+            (0, 90, 10)
+        );
+        assert_eq!(
+            s.due_snapshots(None),
+            [cam],
+            "frames 90.. are not written yet"
+        );
     }
 }

@@ -293,7 +293,8 @@ pub struct ArchiveConfig {
     /// A segment closes early when it holds this many bytes of video.
     #[serde(default = "default_segment_max_bytes")]
     pub segment_max_bytes: usize,
-    /// An open segment with no new frame for this long is written out.
+    /// An open segment with no new frame for this long is written out as a
+    /// snapshot (it stays open; the full segment replaces it when it closes).
     #[serde(default = "default_idle_flush_ms")]
     pub idle_flush_ms: u64,
 }

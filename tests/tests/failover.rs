@@ -64,13 +64,22 @@ fn killing_the_partition_leader_loses_no_acknowledged_frame() {
     let summary = agent.wait_summary(Duration::from_secs(90));
     assert_eq!(summary["frames_acked"], n, "{summary}");
     assert_eq!(summary["frames_failed"], 0, "{summary}");
-    wait_until(Duration::from_secs(90), "every frame archived", || {
+    let archived = || {
         segments_under(&root)
             .iter()
             .map(|p| frame_numbers(p, W, H).len() as u64)
             .sum::<u64>()
-            >= n
-    });
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while archived() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} frames archived after 90 s; collector log:\n{}",
+            archived(),
+            collector.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     collector.signal("TERM");
     collector.wait_success(Duration::from_secs(15));
     let numbers: Vec<u64> = segments_under(&root)
