@@ -160,7 +160,7 @@ impl<A: Archive> Collector<A> {
         for seg in std::mem::take(&mut self.pending) {
             let left = deadline.saturating_duration_since(Instant::now());
             let camera = seg.camera.clone();
-            match tokio::time::timeout(left, self.write(&seg.camera, &seg.frames)).await {
+            match tokio::time::timeout(left, self.write(&seg)).await {
                 Ok(Ok(())) => self.mark_archived(&seg),
                 // Not committed, so the next owner replays it.
                 Ok(Err(e)) => tracing::warn!(%camera, error = %e, "segment left for replay"),
@@ -368,7 +368,7 @@ impl<A: Archive> Collector<A> {
                 self.pending.push(seg);
                 return Ok(false);
             }
-            match self.write(&seg.camera, &seg.frames).await {
+            match self.write(&seg).await {
                 Ok(()) => {
                     self.mark_archived(&seg);
                     return Ok(true);
@@ -422,8 +422,9 @@ impl<A: Archive> Collector<A> {
     }
 
     /// Writes a closed segment (replacing its snapshot, if any).
-    async fn write(&self, camera: &CameraId, frames: &[SegmentFrame]) -> Result<(), ArchiveError> {
-        let (ts, path) = mux(camera, frames);
+    async fn write(&self, seg: &Segment) -> Result<(), ArchiveError> {
+        let frames = &seg.frames;
+        let (ts, path) = mux(&seg.camera, frames);
         let len = ts.len();
         self.archive.put(&path, Bytes::from(ts)).await?;
         tracing::info!(
@@ -433,6 +434,7 @@ impl<A: Archive> Collector<A> {
             first_seq = frames[0].meta.seq,
             last_seq = frames[frames.len() - 1].meta.seq,
             complete = true,
+            cut = ?seg.reason,
             "segment archived"
         );
         self.stats.archive_bytes(len as u64);
