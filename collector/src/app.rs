@@ -39,8 +39,6 @@ pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(8);
 pub enum CollectorError {
     #[error("Kafka: {0}")]
     Kafka(String),
-    #[error(transparent)]
-    Archive(#[from] ArchiveError),
 }
 
 pub struct Collector<A: Archive> {
