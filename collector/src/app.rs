@@ -249,10 +249,11 @@ impl<A: Archive> Collector<A> {
             self.load_watermarks(p)?;
         }
         self.stats.records_consumed(1);
-        let headers: Vec<(&str, Option<&[u8]>)> = msg
+        let headers = msg
             .headers()
-            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-            .unwrap_or_default();
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .map(|h| (h.key, h.value));
         // Whole frame, its bytes, and the offset of its first record.
         let parsed = wire::parse(msg.key(), headers).and_then(|(meta, chunk)| {
             let payload = msg.payload().unwrap_or_default();

@@ -182,7 +182,7 @@ pub fn parse<'a>(
     key: Option<&[u8]>,
     headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
 ) -> Result<(FrameMeta, Option<Chunk>), WireError> {
-    let mut found: HashMap<&'static str, &'a [u8]> = HashMap::new();
+    // Runs for every record the collector reads: a fixed table, no allocation.
     const KNOWN: [&str; 12] = [
         header::VERSION,
         header::CAMERA,
@@ -197,13 +197,16 @@ pub fn parse<'a>(
         header::EPOCH,
         header::CHUNK,
     ];
+    let slot = |name: &str| KNOWN.iter().position(|k| *k == name);
+    let mut found: [Option<&'a [u8]>; KNOWN.len()] = [None; KNOWN.len()];
     for (name, value) in headers {
-        if let (Some(known), Some(v)) = (KNOWN.iter().find(|k| **k == name), value) {
-            found.insert(known, v);
+        if let (Some(i), Some(v)) = (slot(name), value) {
+            found[i] = Some(v);
         }
     }
+    let get = |name: &'static str| slot(name).and_then(|i| found[i]);
     let text = |name: &'static str| -> Result<&str, WireError> {
-        let raw = found.get(name).ok_or(WireError::Missing(name))?;
+        let raw = get(name).ok_or(WireError::Missing(name))?;
         std::str::from_utf8(raw).map_err(|_| WireError::BadValue {
             name,
             value: String::from_utf8_lossy(raw).into_owned(),
@@ -254,7 +257,7 @@ pub fn parse<'a>(
         "h264" => Codec::H264,
         v => return Err(bad(header::CODEC, v, "unsupported codec (only h264)")),
     };
-    let chunk = match found.contains_key(header::CHUNK) {
+    let chunk = match get(header::CHUNK).is_some() {
         false => None,
         true => {
             let v = text(header::CHUNK)?;
