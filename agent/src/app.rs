@@ -8,14 +8,17 @@
 //!   capture thread drops the newest raw frame and counts it. A file or unpaced
 //!   source blocks instead.
 //! * Sequence numbers are issued by the encode thread, in order, only to
-//!   frames that were encoded.
-//! * Shutdown order: stop capture -> drain encoder -> enqueue the rest ->
-//!   flush Kafka (bounded) -> record exact sequence state.
+//!   frames that were encoded, continuing where the spool and the sequence
+//!   state say the previous run stopped.
+//! * The sink is the disk spool wrapping Kafka (`crate::spool`).
+//! * Shutdown order: stop capture -> drain encoders -> enqueue the rest ->
+//!   flush to Kafka (bounded; what is not acknowledged stays in the spool) ->
+//!   record exact sequence state.
 
 use crate::encode::H264Encoder;
-use crate::sequence::{SequenceError, SequenceStore};
-use crate::sink::{AckFuture, FrameSink};
+use crate::sink::{AckFuture, Delivery, FrameSink, SinkError};
 use crate::source::{self, FrameSource, SourceError};
+use crate::spool::{SpoolError, SpoolSink};
 use crate::stats::CameraStats;
 use camfleet_shared::clock::{Clock, SystemClock};
 use camfleet_shared::config::{AgentConfig, CameraConfig};
@@ -26,8 +29,10 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Time allowed for Kafka to acknowledge what is queued at shutdown.
-pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(8);
+/// Time allowed for Kafka to acknowledge what is queued at shutdown; what is
+/// not acknowledged by then stays in the spool. With capture and encoder
+/// stops, the agent exits within 10 s of SIGTERM.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(7);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -41,15 +46,16 @@ pub enum AgentError {
         error: crate::encode::EncodeError,
     },
     #[error(transparent)]
-    Sequence(#[from] SequenceError),
+    Spool(#[from] SpoolError),
     #[error(transparent)]
-    Sink(#[from] crate::sink::SinkError),
+    Sink(#[from] SinkError),
 }
 
 /// One camera's outcome, printed as JSON at exit.
 pub struct CameraReport {
     pub camera: String,
     pub stats: Arc<CameraStats>,
+    pub spool: Option<Arc<crate::spool::Lane>>,
     pub seq_first: Option<u64>,
     pub seq_next: u64,
     pub epoch: u64,
@@ -57,8 +63,18 @@ pub struct CameraReport {
 
 impl CameraReport {
     pub fn to_json(&self) -> serde_json::Value {
-        self.stats
-            .summary(&self.camera, self.seq_first, self.seq_next, self.epoch)
+        let mut v = self
+            .stats
+            .summary(&self.camera, self.seq_first, self.seq_next, self.epoch);
+        let s = self.spool.as_ref().map(|l| &l.stats);
+        let get = |f: fn(&crate::spool::LaneStats) -> u64| s.map_or(0, f);
+        v["frames_spooled"] = get(|s| s.frames_spooled.load(Relaxed)).into();
+        v["frames_drained"] = get(|s| s.frames_drained.load(Relaxed)).into();
+        v["frames_evicted"] = get(|s| s.frames_evicted.load(Relaxed)).into();
+        v["frames_failed"] = (self.stats.frames_failed.load(Relaxed)
+            + get(|s| s.frames_failed.load(Relaxed)))
+        .into();
+        v
     }
 }
 
@@ -70,7 +86,7 @@ struct EncodedFrame {
 /// Runs every camera until each source ends or `shutdown` resolves.
 pub async fn run<S: FrameSink>(
     config: AgentConfig,
-    sink: Arc<S>,
+    sink: Arc<SpoolSink<S>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Vec<CameraReport>, AgentError> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -87,17 +103,17 @@ pub async fn run<S: FrameSink>(
                 camera: cam.id.to_string(),
                 error,
             })?;
-        let seq = SequenceStore::open(&config.data_dir, cam.id.site(), cam.id.camera())?;
-        cameras.push((cam.clone(), src, encoder, seq));
+        let start = sink.open_camera(&config.data_dir, &cam.id)?;
+        cameras.push((cam.clone(), src, encoder, start));
     }
     let mut handles = Vec::new();
-    for (cam, src, encoder, seq) in cameras {
+    for (cam, src, encoder, start) in cameras {
         let stats = Arc::new(CameraStats::default());
         handles.push(tokio::spawn(run_camera(
             cam,
             src,
             encoder,
-            seq,
+            start,
             sink.clone(),
             stats,
             clock.clone(),
@@ -106,19 +122,41 @@ pub async fn run<S: FrameSink>(
     }
     let all = futures_join(handles);
     tokio::pin!(all);
-    tokio::select! {
-        reports = &mut all => return reports,
+    let ended = tokio::select! {
+        ended = &mut all => ended,
         () = shutdown => {
-            tracing::info!("shutdown: stopping capture, draining encoder and Kafka");
+            tracing::info!("shutdown: stopping capture, draining encoders, flushing to Kafka");
             stop.store(true, Relaxed);
+            all.await
         }
+    };
+    let ended = ended?;
+    // Every encoder has stopped: send what Kafka will take within the
+    // bound; the rest stays in the spool for the next start.
+    if let Err(e) = sink.flush(SHUTDOWN_FLUSH).await {
+        tracing::error!(error = %e, "spool flush at shutdown incomplete");
     }
-    all.await
+    let mut reports = Vec::new();
+    for (report, acks) in ended {
+        // Every reply was settled by the flush; bounded in case one was not.
+        if tokio::time::timeout(Duration::from_secs(1), acks)
+            .await
+            .is_err()
+        {
+            tracing::warn!(camera = %report.camera, "acknowledgements still pending at exit");
+        }
+        let id = camfleet_shared::CameraId::new(&report.camera).expect("camera ids are validated");
+        sink.close_camera(&id, report.seq_next)?;
+        reports.push(report);
+    }
+    Ok(reports)
 }
 
+type Ended = (CameraReport, tokio::task::JoinHandle<()>);
+
 async fn futures_join(
-    handles: Vec<tokio::task::JoinHandle<Result<CameraReport, AgentError>>>,
-) -> Result<Vec<CameraReport>, AgentError> {
+    handles: Vec<tokio::task::JoinHandle<Result<Ended, AgentError>>>,
+) -> Result<Vec<Ended>, AgentError> {
     let mut out = Vec::new();
     for h in handles {
         out.push(h.await.expect("camera task panicked")?);
@@ -131,14 +169,14 @@ async fn run_camera<S: FrameSink>(
     cam: CameraConfig,
     mut src: Box<dyn FrameSource>,
     mut encoder: H264Encoder,
-    mut seq: SequenceStore,
-    sink: Arc<S>,
+    start: crate::spool::CameraStart,
+    sink: Arc<SpoolSink<S>>,
     stats: Arc<CameraStats>,
     clock: Arc<dyn Clock>,
     stop: Arc<AtomicBool>,
-) -> Result<CameraReport, AgentError> {
+) -> Result<Ended, AgentError> {
     let format = src.format();
-    let epoch = seq.epoch();
+    let epoch = start.epoch;
     let camera = cam.id.to_string();
     tracing::info!(%camera, width = format.width, height = format.height, fps = %format.fps, epoch, "camera started");
 
@@ -192,7 +230,8 @@ async fn run_camera<S: FrameSink>(
         let id = cam.id.clone();
         std::thread::Builder::new()
             .name(format!("encode {camera}"))
-            .spawn(move || -> Result<SequenceStore, AgentError> {
+            .spawn(move || -> u64 {
+                let mut next_seq = start.first_seq;
                 let mut first_index = None;
                 while let Ok((frame, capture_us)) = raw_rx.recv() {
                     let t = Instant::now();
@@ -212,7 +251,7 @@ async fn run_camera<S: FrameSink>(
                     let base = *first_index.get_or_insert(frame.index);
                     let meta = FrameMeta {
                         camera: id.clone(),
-                        seq: seq.issue()?,
+                        seq: next_seq,
                         capture_us,
                         pts_90k: format.fps.pts_90k(frame.index - base),
                         keyframe: out.keyframe,
@@ -222,6 +261,7 @@ async fn run_camera<S: FrameSink>(
                         codec: Codec::H264,
                         epoch,
                     };
+                    next_seq += 1;
                     stats.frames_encoded.fetch_add(1, Relaxed);
                     stats
                         .keyframes_encoded
@@ -239,7 +279,7 @@ async fn run_camera<S: FrameSink>(
                         break;
                     }
                 }
-                Ok(seq)
+                next_seq
             })
             .expect("spawn encode thread")
     };
@@ -251,10 +291,12 @@ async fn run_camera<S: FrameSink>(
         tokio::spawn(async move {
             while let Some((ack, capture_us)) = ack_rx.recv().await {
                 match ack.await {
-                    Ok(_) => {
+                    Ok(Delivery::Kafka { .. }) => {
                         stats.frames_acked.fetch_add(1, Relaxed);
                         stats.record_ack_latency(clock.now_us().saturating_sub(capture_us));
                     }
+                    // Counted by the spool (spooled now; drained or evicted later).
+                    Ok(Delivery::Spooled) | Err(SinkError::Evicted { .. }) => {}
                     Err(e) => {
                         stats.frames_failed.fetch_add(1, Relaxed);
                         tracing::error!(error = %e, "frame lost: not acknowledged");
@@ -267,7 +309,7 @@ async fn run_camera<S: FrameSink>(
     let mut seq_first = None;
     while let Some(frame) = enc_rx.recv().await {
         seq_first.get_or_insert(frame.meta.seq);
-        match sink.enqueue(&frame.meta, &frame.payload).await {
+        match sink.enqueue(&frame.meta, &frame.payload, &[]).await {
             Ok(ack) => {
                 if ack_tx.send((ack, frame.meta.capture_us)).await.is_err() {
                     break;
@@ -283,21 +325,10 @@ async fn run_camera<S: FrameSink>(
     let capture_result = tokio::task::spawn_blocking(move || capture.join())
         .await
         .expect("join capture");
-    let seq = tokio::task::spawn_blocking(move || encode.join())
+    let seq_next = tokio::task::spawn_blocking(move || encode.join())
         .await
         .expect("join encode")
-        .expect("encode thread panicked")?;
-    {
-        let sink = sink.clone();
-        // flush blocks in librdkafka; keep it off the async workers.
-        tokio::task::spawn_blocking(move || sink.flush(SHUTDOWN_FLUSH))
-            .await
-            .expect("flush task")
-            .unwrap_or_else(|e| tracing::error!(error = %e, "Kafka flush incomplete"));
-    }
-    let _ = ack_task.await;
-    let seq_next = seq.peek_next();
-    seq.close()?;
+        .expect("encode thread panicked");
     match capture_result {
         Ok(Err(e)) => {
             return Err(AgentError::Source {
@@ -309,11 +340,16 @@ async fn run_camera<S: FrameSink>(
         Ok(Ok(())) => {}
     }
     tracing::info!(%camera, "camera stopped");
-    Ok(CameraReport {
-        camera,
-        stats,
-        seq_first,
-        seq_next,
-        epoch,
-    })
+    let spool = sink.lane_stats(&cam.id);
+    Ok((
+        CameraReport {
+            camera,
+            stats,
+            spool,
+            seq_first,
+            seq_next,
+            epoch,
+        },
+        ack_task,
+    ))
 }

@@ -7,4 +7,5 @@ pub mod encode;
 pub mod sequence;
 pub mod sink;
 pub mod source;
+pub mod spool;
 pub mod stats;

@@ -1,6 +1,8 @@
 use anyhow::Context;
 use camfleet_agent::app;
 use camfleet_agent::sink::kafka::KafkaSink;
+use camfleet_agent::spool::{self, control, SpoolSink};
+use camfleet_shared::clock::SystemClock;
 use camfleet_shared::config::AgentConfig;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -21,13 +23,37 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Check the config and open every source and encoder; with --check-kafka
-    /// also check the broker answers and the topic exists.
+    /// Check the config, the spool directory and budget, and open every
+    /// source and encoder; with --check-kafka also check the broker answers
+    /// and the topic exists.
     Validate {
         #[arg(long, short)]
         config: PathBuf,
         #[arg(long)]
         check_kafka: bool,
+    },
+    /// Look at the disk spool (works while the agent runs or is stopped).
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// Per camera: frames and bytes spooled, oldest frame age, evicted ranges.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every record's checksum and the spool's structure; exits
+    /// non-zero on damage.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -74,6 +100,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     cam.id, f.width, f.height, f.fps
                 );
             }
+            check_spool(&cfg)?;
             if check_kafka {
                 let sink = KafkaSink::new(&cfg.kafka)?;
                 let partitions = sink.check_topic(std::time::Duration::from_secs(10))?;
@@ -85,15 +112,163 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             println!("config {} is valid", config.display());
             Ok(())
         }
+        Command::Spool { command } => spool_command(command).await,
         Command::Run { config } => {
             let cfg = load(&config)?;
-            let sink = Arc::new(KafkaSink::new(&cfg.kafka)?);
+            if !cfg.http.listen.is_empty() {
+                let addr: std::net::SocketAddr = cfg.http.listen.parse()?;
+                metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .with_http_listener(addr)
+                    .install()
+                    .with_context(|| format!("cannot serve /metrics on {addr}"))?;
+                spool::describe_metrics();
+            }
+            let kafka = Arc::new(KafkaSink::new(&cfg.kafka)?);
+            let dir = cfg.spool.dir(&cfg.data_dir);
+            let sink = SpoolSink::open(&cfg.spool, &dir, kafka, Arc::new(SystemClock))
+                .with_context(|| format!("spool {}", dir.display()))?;
+            control::serve(sink.clone())
+                .with_context(|| format!("control socket in {}", dir.display()))?;
             let reports = app::run(cfg, sink, shutdown_signal()).await?;
             for r in &reports {
                 println!("{}", r.to_json());
             }
             Ok(())
         }
+    }
+}
+
+/// `validate`: the spool directory is writable and the budget fits the disk.
+fn check_spool(cfg: &AgentConfig) -> anyhow::Result<()> {
+    let dir = cfg.spool.dir(&cfg.data_dir);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("spool.dir {}: cannot create", dir.display()))?;
+    let probe = dir.join(".validate-probe");
+    std::fs::write(&probe, b"ok")
+        .with_context(|| format!("spool.dir {}: not writable", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    let free = spool::store::free_bytes(&dir);
+    let used = spool::store::du(&dir.join("db"));
+    if free.saturating_add(used) < cfg.spool.min_free_bytes.saturating_add(16 << 20) {
+        anyhow::bail!(
+            "spool.min_free_bytes: {} leaves no room on the spool's filesystem ({} bytes free)",
+            cfg.spool.min_free_bytes,
+            free
+        );
+    }
+    let usable = (free + used).saturating_sub(cfg.spool.min_free_bytes);
+    if usable < cfg.spool.max_bytes {
+        println!(
+            "note: spool.max_bytes {} is more than the {} bytes the disk can give it now; the disk floor (min_free_bytes) will limit it",
+            cfg.spool.max_bytes, usable
+        );
+    }
+    println!(
+        "ok spool {} (mode {}, up to {} bytes, {} bytes free)",
+        dir.display(),
+        cfg.spool.mode.as_str(),
+        cfg.spool.max_bytes,
+        free
+    );
+    Ok(())
+}
+
+async fn spool_command(command: SpoolCommand) -> anyhow::Result<()> {
+    let (config, request) = match &command {
+        SpoolCommand::Status { config, .. } => (config, "status"),
+        SpoolCommand::Verify { config } => (config, "verify"),
+    };
+    let cfg = load(config)?;
+    let dir = cfg.spool.dir(&cfg.data_dir);
+    // A running agent holds the database; ask it. Else open it ourselves.
+    let (status, problems) = match control::query(&dir, request).await {
+        Some(v) if v.get("error").is_some() => anyhow::bail!("agent: {}", v["error"]),
+        Some(v) if request == "verify" => (
+            None,
+            v["problems"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|p| p.as_str().unwrap_or("?").to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ),
+        Some(v) => (Some(v), vec![]),
+        None => {
+            let dir2 = dir.clone();
+            let (status, problems) = tokio::task::spawn_blocking(move || spool::inspect(&dir2))
+                .await?
+                .with_context(|| format!("spool {}", dir.display()))?;
+            (Some(status), problems)
+        }
+    };
+    match command {
+        SpoolCommand::Status { json: true, .. } => {
+            println!("{}", status.expect("status requested"));
+        }
+        SpoolCommand::Status { json: false, .. } => {
+            print_status(&status.expect("status requested"))
+        }
+        SpoolCommand::Verify { .. } => {
+            for p in &problems {
+                println!("damaged: {p}");
+            }
+            if !problems.is_empty() {
+                anyhow::bail!("spool {}: {} problems", dir.display(), problems.len());
+            }
+            println!("spool {} verified: no damage", dir.display());
+        }
+    }
+    Ok(())
+}
+
+fn print_status(s: &serde_json::Value) {
+    println!(
+        "spool {} ({}): {} bytes on disk, {} bytes of frames, {} bytes free",
+        s["dir"].as_str().unwrap_or("?"),
+        if s["agent_running"].as_bool() == Some(true) {
+            "agent running"
+        } else {
+            "agent stopped"
+        },
+        s["disk_bytes"],
+        s["live_bytes"],
+        s["free_bytes"]
+    );
+    println!(
+        "{:<32} {:>8} {:>12} {:>12} {:>8}  evicted, not yet reported",
+        "camera", "frames", "bytes", "oldest (s)", "route"
+    );
+    for c in s["cameras"].as_array().into_iter().flatten() {
+        let gaps: Vec<String> = c["evicted_unreported"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|g| {
+                format!(
+                    "{}-{} ({})",
+                    g["first"],
+                    g["last"],
+                    g["reason"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        println!(
+            "{:<32} {:>8} {:>12} {:>12} {:>8}  {}",
+            c["camera"].as_str().unwrap_or("?"),
+            c["frames"],
+            c["bytes"],
+            c["oldest_age_s"]
+                .as_f64()
+                .map_or("-".into(), |a| format!("{a:.1}")),
+            c["route"].as_str().unwrap_or("-"),
+            if gaps.is_empty() {
+                "-".into()
+            } else {
+                gaps.join(", ")
+            }
+        );
     }
 }
 

@@ -1,25 +1,38 @@
 //! Per-camera sequence numbers and stream epochs that survive restarts.
 //!
 //! State file `<data_dir>/sequence/<site>/<camera>` holds one line:
-//! `next_seq epoch clean` (decimal, decimal, 0|1).
+//! `next direct_bound any_bound epoch clean` (decimals; clean is 0 or 1).
 //!
 //! Invariants:
-//! * a sequence number is never issued twice for a camera, even after a crash;
+//! * a sequence number is never issued twice for a camera, even after a
+//!   crash: a reused number would make the collector drop the new frame as
+//!   already archived;
 //! * every start of an encoder is a new epoch (its SPS/PPS and media clock are new).
 //!
-//! Because writing the file for every frame would cost an fsync per frame,
-//! numbers are reserved in blocks: before issuing a number at or past the
-//! reserved bound, the bound is moved `BLOCK` ahead and made durable (write
-//! temp file, fsync, rename, fsync dir). A clean shutdown records the exact next
-//! number (`clean = 1`). After a crash the next start begins at the reserved
-//! bound, leaving a visible, counted gap of unused numbers rather than reusing
-//! any. (The disk spool will make this exact by storing numbers with frames.)
+//! Numbers are exact across restarts:
+//! * a clean stop records the exact next number (`clean = 1`);
+//! * after a crash, the next number is the highest one that may have reached
+//!   Kafka, plus one. Frames reach Kafka by two routes. Spooled frames are
+//!   sent only once durable in the spool, whose high-water mark records them
+//!   (`spool_high`). Frames sent straight to Kafka (the spool's `outage` mode
+//!   while the broker keeps up) are covered by a lease: before frame `s` is
+//!   handed to Kafka directly, `direct_bound > s` is made durable, extended
+//!   [`DIRECT_LEASE`] numbers at a time. So after a crash while streaming
+//!   directly, the numbers between the last frame librdkafka held and the
+//!   lease bound stay unused (at most [`DIRECT_LEASE`]); after a crash
+//!   while spooling, the sequence continues exactly.
+//! * `any_bound` covers every issued number ([`ANY_LEASE`] at a time); it is
+//!   used only when the spool was lost (quarantined), so a corrupt spool can
+//!   never cause a reused number.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const BLOCK: u64 = 1024;
+/// Numbers leased at a time for frames sent directly to Kafka (~2 s at 30 fps).
+pub const DIRECT_LEASE: u64 = 64;
+/// Numbers leased at a time for any frame (only read when the spool is lost).
+pub const ANY_LEASE: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[error("sequence state {path}: {message}")]
@@ -31,17 +44,29 @@ pub struct SequenceError {
 pub struct SequenceStore {
     path: PathBuf,
     next: u64,
-    reserved: u64,
+    direct_bound: u64,
+    any_bound: u64,
     epoch: u64,
 }
 
 impl SequenceStore {
     /// Opens (or creates) the state for `camera` and starts a new epoch.
-    pub fn open(data_dir: &Path, site: &str, camera: &str) -> Result<Self, SequenceError> {
+    /// `spool_high` is the highest number the spool ever held for the
+    /// camera (`None` if the spool was lost and cannot tell).
+    pub fn open(
+        data_dir: &Path,
+        site: &str,
+        camera: &str,
+        spool_high: Option<Option<u64>>,
+    ) -> Result<Self, SequenceError> {
         let path = data_dir.join("sequence").join(site).join(camera);
         let err = |message: String| SequenceError {
             path: path.display().to_string(),
             message,
+        };
+        let after_spool = match spool_high {
+            Some(h) => h.map_or(0, |h| h + 1),
+            None => 0,
         };
         let (next, epoch) = match fs::read_to_string(&path) {
             Ok(text) => {
@@ -50,21 +75,31 @@ impl SequenceStore {
                     .map(|f| f.parse::<u64>())
                     .collect::<Result<_, _>>()
                     .map_err(|e| err(format!("corrupt ({e}); contents {text:?}")))?;
-                match fields[..] {
-                    [next, epoch, _clean] => (next, epoch + 1),
-                    _ => return Err(err(format!("corrupt: expected 3 fields, got {text:?}"))),
-                }
+                let (next, direct, any, epoch, clean) = match fields[..] {
+                    [n, d, a, e, c] => (n, d, a, e, c == 1),
+                    // The block-reservation format of earlier versions.
+                    [bound, e, c] => (bound, bound, bound, e, c == 1),
+                    _ => return Err(err(format!("corrupt: expected 5 fields, got {text:?}"))),
+                };
+                let next = match (clean, spool_high) {
+                    (true, _) => next.max(after_spool),
+                    (false, Some(_)) => direct.max(after_spool).max(next),
+                    (false, None) => any.max(direct).max(next),
+                };
+                (next, epoch + 1)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, 1),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (after_spool, 1),
             Err(e) => return Err(err(e.to_string())),
         };
         let mut store = Self {
             path,
             next,
-            reserved: next,
+            direct_bound: next,
+            any_bound: next,
             epoch,
         };
-        store.reserve()?;
+        // Until the first lease, a crash restarts exactly here.
+        store.write(false)?;
         Ok(store)
     }
 
@@ -72,33 +107,37 @@ impl SequenceStore {
         self.epoch
     }
 
-    /// The number the next call to [`Self::issue`] will issue.
-    pub fn peek_next(&self) -> u64 {
+    /// The first number this run issues.
+    pub fn first(&self) -> u64 {
         self.next
     }
 
-    /// Issues the next sequence number.
-    pub fn issue(&mut self) -> Result<u64, SequenceError> {
-        if self.next >= self.reserved {
-            self.reserve()?;
+    /// Makes sure a crash can never reuse `seq`: call before `seq` leaves the
+    /// process by any route (`direct` = straight to Kafka, not via the spool).
+    /// Writes the file (fsync) once per lease.
+    pub fn lease(&mut self, seq: u64, direct: bool) -> Result<(), SequenceError> {
+        let mut dirty = false;
+        if seq >= self.any_bound {
+            self.any_bound = seq + ANY_LEASE;
+            dirty = true;
         }
-        self.next += 1;
-        Ok(self.next - 1)
-    }
-
-    /// Records the exact next number; call after the last frame.
-    pub fn close(mut self) -> Result<(), SequenceError> {
-        self.reserved = self.next;
-        self.write(self.next, true)
-    }
-
-    fn reserve(&mut self) -> Result<(), SequenceError> {
-        self.write(self.next + BLOCK, false)?;
-        self.reserved = self.next + BLOCK;
+        if direct && seq >= self.direct_bound {
+            self.direct_bound = seq + DIRECT_LEASE;
+            dirty = true;
+        }
+        if dirty {
+            self.write(false)?;
+        }
         Ok(())
     }
 
-    fn write(&mut self, bound: u64, clean: bool) -> Result<(), SequenceError> {
+    /// Records the exact next number; call after the last frame.
+    pub fn close(mut self, next: u64) -> Result<(), SequenceError> {
+        self.next = next;
+        self.write(true)
+    }
+
+    fn write(&mut self, clean: bool) -> Result<(), SequenceError> {
         let err = |e: std::io::Error| SequenceError {
             path: self.path.display().to_string(),
             message: e.to_string(),
@@ -107,7 +146,12 @@ impl SequenceStore {
         fs::create_dir_all(dir).map_err(err)?;
         let tmp = self.path.with_extension("tmp");
         let mut f = fs::File::create(&tmp).map_err(err)?;
-        writeln!(f, "{bound} {} {}", self.epoch, clean as u8).map_err(err)?;
+        writeln!(
+            f,
+            "{} {} {} {} {}",
+            self.next, self.direct_bound, self.any_bound, self.epoch, clean as u8
+        )
+        .map_err(err)?;
         f.sync_all().map_err(err)?;
         fs::rename(&tmp, &self.path).map_err(err)?;
         fs::File::open(dir)
@@ -121,26 +165,62 @@ impl SequenceStore {
 mod tests {
     use super::*;
 
+    fn open(dir: &Path, high: Option<Option<u64>>) -> SequenceStore {
+        SequenceStore::open(dir, "site", "cam", high).unwrap()
+    }
+
     #[test]
-    fn continues_after_clean_close_and_never_reuses_after_crash() {
+    fn exact_after_a_clean_stop() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = SequenceStore::open(dir.path(), "site", "cam").unwrap();
-        assert_eq!(s.epoch(), 1);
-        assert_eq!((s.issue().unwrap(), s.issue().unwrap()), (0, 1));
-        s.close().unwrap();
+        let s = open(dir.path(), Some(None));
+        assert_eq!((s.first(), s.epoch()), (0, 1));
+        s.close(2).unwrap();
+        let s = open(dir.path(), Some(None));
+        assert_eq!((s.first(), s.epoch()), (2, 2));
+    }
 
-        let mut s = SequenceStore::open(dir.path(), "site", "cam").unwrap();
-        assert_eq!(s.epoch(), 2);
-        assert_eq!(s.issue().unwrap(), 2);
-        for _ in 0..BLOCK + 5 {
-            s.issue().unwrap();
+    #[test]
+    fn exact_after_a_crash_while_spooling() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), Some(None));
+        for seq in 0..10 {
+            s.lease(seq, true).unwrap();
         }
-        let issued = s.issue().unwrap();
-        drop(s); // a crash: no close
+        // Then the broker went away: 10..500 spooled, not sent directly.
+        for seq in 10..500 {
+            s.lease(seq, false).unwrap();
+        }
+        drop(s); // crash
+        assert_eq!(open(dir.path(), Some(Some(499))).first(), 500);
+    }
 
-        let mut s = SequenceStore::open(dir.path(), "site", "cam").unwrap();
-        assert_eq!(s.epoch(), 3);
-        assert!(s.issue().unwrap() > issued);
+    #[test]
+    fn never_reuses_a_number_sent_directly_or_lost_with_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path(), Some(None));
+        for seq in 0..100 {
+            s.lease(seq, true).unwrap();
+        }
+        drop(s); // crash while streaming directly: up to 99 may be in Kafka
+        let s = open(dir.path(), Some(None));
+        assert!(s.first() >= 100 && s.first() <= 100 + DIRECT_LEASE);
+        let mut s = s;
+        let start = s.first();
+        for seq in start..start + 2000 {
+            s.lease(seq, false).unwrap();
+        }
+        drop(s); // crash while spooling, and then the spool is lost
+        assert!(open(dir.path(), None).first() >= start + 2000);
+    }
+
+    #[test]
+    fn reads_the_earlier_block_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sequence/site/cam");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, "2048 7 0\n").unwrap();
+        let s = open(dir.path(), Some(None));
+        assert_eq!((s.first(), s.epoch()), (2048, 8));
     }
 
     #[test]
@@ -149,7 +229,7 @@ mod tests {
         let path = dir.path().join("sequence/site/cam");
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, "garbage").unwrap();
-        let e = SequenceStore::open(dir.path(), "site", "cam")
+        let e = SequenceStore::open(dir.path(), "site", "cam", Some(None))
             .err()
             .unwrap();
         assert!(e.to_string().contains("sequence/site/cam"), "{e}");

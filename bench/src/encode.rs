@@ -16,7 +16,7 @@ use crate::measure::{ffmpeg, process_cpu, psnr_y, thread_cpu, wait_with_cpu};
 use crate::table::{f, Table};
 use anyhow::{bail, Context};
 use camfleet_agent::app;
-use camfleet_agent::sink::{Ack, AckFuture, FrameSink, SinkError};
+use camfleet_agent::sink::{AckFuture, Delivery, FrameSink, SinkError};
 use camfleet_agent::source::y4m::Y4mFile;
 use camfleet_agent::source::{FrameSource, VideoFormat};
 use camfleet_shared::config::AgentConfig;
@@ -179,7 +179,12 @@ struct NullSink {
 }
 
 impl FrameSink for NullSink {
-    async fn enqueue(&self, meta: &FrameMeta, payload: &[u8]) -> Result<AckFuture, SinkError> {
+    async fn enqueue(
+        &self,
+        meta: &FrameMeta,
+        payload: &[u8],
+        _evicted: &[std::ops::RangeInclusive<u64>],
+    ) -> Result<AckFuture, SinkError> {
         let mut headers = OwnedHeaders::new_with_capacity(12);
         for (name, value) in wire::headers(meta, None) {
             headers = headers.insert(Header {
@@ -192,14 +197,14 @@ impl FrameSink for NullSink {
             .lock()
             .expect("sink lock")
             .extend_from_slice(payload);
-        let ack = Ack {
+        let ack = Delivery::Kafka {
             partition: 0,
             offset: meta.seq as i64,
         };
         Ok(Box::pin(async move { Ok(ack) }))
     }
 
-    fn flush(&self, _: Duration) -> Result<(), SinkError> {
+    async fn flush(&self, _: Duration) -> Result<(), SinkError> {
         Ok(())
     }
 }
@@ -231,7 +236,15 @@ encoder = {{ bitrate_kbps = {kbps}, keyframe_interval_frames = {GOP} }}
     ))?;
     let sink = Arc::new(NullSink::default());
     let cpu0 = process_cpu();
-    let reports = app::run(config, sink.clone(), std::future::pending()).await?;
+    // The agent's real sink stack: the spool (outage mode: frames pass
+    // straight through while the sink keeps up) around the stand-in.
+    let spool = camfleet_agent::spool::SpoolSink::open(
+        &config.spool,
+        &config.spool.dir(&config.data_dir),
+        sink.clone(),
+        Arc::new(camfleet_shared::clock::SystemClock),
+    )?;
+    let reports = app::run(config, spool, std::future::pending()).await?;
     let cpu = process_cpu() - cpu0;
     let summary = reports[0].to_json();
     let stream = std::mem::take(&mut *sink.stream.lock().expect("sink lock"));

@@ -89,6 +89,169 @@ pub struct AgentConfig {
     /// One entry per camera.
     #[serde(rename = "camera")]
     pub cameras: Vec<CameraConfig>,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub http: AgentHttpConfig,
+}
+
+/// `[spool]`: the on-disk buffer that holds frames while Kafka cannot take
+/// them (docs/spool.md).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Spool directory; default `<data_dir>/spool`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    #[serde(default)]
+    pub mode: SpoolMode,
+    /// Most bytes the spool may use on disk (real usage, sled's overhead included).
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// Frames older than this (capture time) are evicted, whole GOPs at a time.
+    #[serde(default = "default_spool_max_age_s")]
+    pub max_age_s: u64,
+    /// Free space the spool leaves on its filesystem; below it, it evicts as if full.
+    #[serde(default = "default_spool_min_free_bytes")]
+    pub min_free_bytes: u64,
+    /// How often spooled frames are made durable (fsync). Default: 0 (as soon
+    /// as possible, group commit) in `always` mode, 200 in `outage` mode.
+    #[serde(default)]
+    pub flush_every_ms: Option<u64>,
+    /// A frame Kafka has not acknowledged after this long sends its camera to
+    /// the spool (`outage` mode).
+    #[serde(default = "default_spool_switch_after_ms")]
+    pub switch_after_ms: u64,
+    /// Unacknowledged bytes per camera above which the camera goes to the
+    /// spool (`outage` mode backpressure).
+    #[serde(default = "default_spool_max_in_flight_bytes")]
+    pub max_in_flight_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolMode {
+    /// Frames go straight to Kafka; the spool takes them only while Kafka
+    /// cannot (outage, backpressure) and until it has drained.
+    #[default]
+    Outage,
+    /// Every frame is made durable in the spool before it is sent (a
+    /// write-ahead log): nothing in flight is lost even on SIGKILL.
+    Always,
+}
+
+impl SpoolMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SpoolMode::Outage => "outage",
+            SpoolMode::Always => "always",
+        }
+    }
+}
+
+const fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+const fn default_spool_max_age_s() -> u64 {
+    7 * 24 * 3600
+}
+const fn default_spool_min_free_bytes() -> u64 {
+    256 << 20
+}
+const fn default_spool_switch_after_ms() -> u64 {
+    2000
+}
+const fn default_spool_max_in_flight_bytes() -> u64 {
+    16 << 20
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            mode: SpoolMode::default(),
+            max_bytes: default_spool_max_bytes(),
+            max_age_s: default_spool_max_age_s(),
+            min_free_bytes: default_spool_min_free_bytes(),
+            flush_every_ms: None,
+            switch_after_ms: default_spool_switch_after_ms(),
+            max_in_flight_bytes: default_spool_max_in_flight_bytes(),
+        }
+    }
+}
+
+impl SpoolConfig {
+    /// The spool directory for an agent whose state lives in `data_dir`.
+    pub fn dir(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| data_dir.join("spool"))
+    }
+
+    /// The flush interval after defaults.
+    pub fn flush_every_ms(&self) -> u64 {
+        self.flush_every_ms.unwrap_or(match self.mode {
+            SpoolMode::Always => 0,
+            SpoolMode::Outage => 200,
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_bytes < 64 << 20 {
+            return Err(invalid(
+                "spool.max_bytes",
+                "must be at least 67108864 (64 MiB): the database alone needs about 8 MiB",
+            ));
+        }
+        if self.max_age_s < 10 {
+            return Err(invalid("spool.max_age_s", "must be at least 10"));
+        }
+        if self.flush_every_ms.is_some_and(|f| f > 10_000) {
+            return Err(invalid(
+                "spool.flush_every_ms",
+                "must be at most 10000: longer leaves too much video undurable",
+            ));
+        }
+        if !(100..=600_000).contains(&self.switch_after_ms) {
+            return Err(invalid("spool.switch_after_ms", "must be 100..=600000"));
+        }
+        if self.max_in_flight_bytes < 1 << 20 {
+            return Err(invalid(
+                "spool.max_in_flight_bytes",
+                "must be at least 1048576",
+            ));
+        }
+        if self.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return Err(invalid("spool.dir", "is empty"));
+        }
+        Ok(())
+    }
+}
+
+/// `[http]` of the agent.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentHttpConfig {
+    /// Address for `/metrics` (Prometheus); empty disables the listener.
+    #[serde(default = "default_agent_http_listen")]
+    pub listen: String,
+}
+
+fn default_agent_http_listen() -> String {
+    "127.0.0.1:9465".into()
+}
+
+impl Default for AgentHttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_agent_http_listen(),
+        }
+    }
+}
+
+fn validate_listen(field: &str, listen: &str) -> Result<(), ConfigError> {
+    if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(invalid(field, format!("{listen:?} is not ip:port")));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -209,6 +372,8 @@ impl AgentConfig {
                 "must be at least 1000",
             ));
         }
+        self.spool.validate()?;
+        validate_listen("http.listen", &self.http.listen)?;
         if self.cameras.is_empty() {
             return Err(invalid("camera", "no [[camera]] configured"));
         }
@@ -363,14 +528,7 @@ impl CollectorConfig {
         if self.archive.idle_flush_ms < 100 {
             return Err(invalid("archive.idle_flush_ms", "must be at least 100"));
         }
-        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(invalid(
-                "http.listen",
-                format!("{:?} is not ip:port", self.http.listen),
-            ));
-        }
-        Ok(())
+        validate_listen("http.listen", &self.http.listen)
     }
 }
 
@@ -431,6 +589,30 @@ encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
         assert!(agent_err(&server).contains("kafka.bootstrap_servers"));
         let unknown_in_source = AGENT.replace("loop_file = true", "loop_file = true, fps = 5");
         assert!(agent_err(&unknown_in_source).contains("fps"));
+        let spool = format!("{AGENT}\n[spool]\nmode = \"sometimes\"\n");
+        assert!(
+            agent_err(&spool).contains("sometimes"),
+            "{}",
+            agent_err(&spool)
+        );
+        let tiny = format!("{AGENT}\n[spool]\nmax_bytes = 1000\n");
+        assert!(agent_err(&tiny).contains("spool.max_bytes"));
+        let listen = format!("{AGENT}\n[http]\nlisten = \"nowhere\"\n");
+        assert!(agent_err(&listen).contains("http.listen"));
+    }
+
+    #[test]
+    fn spool_defaults_depend_on_the_mode() {
+        let c = AgentConfig::from_toml(AGENT).unwrap();
+        assert_eq!(c.spool.mode, SpoolMode::Outage);
+        assert_eq!(c.spool.flush_every_ms(), 200);
+        assert_eq!(
+            c.spool.dir(&c.data_dir),
+            PathBuf::from("/var/lib/camfleet/spool")
+        );
+        let always = format!("{AGENT}\n[spool]\nmode = \"always\"\n");
+        let c = AgentConfig::from_toml(&always).unwrap();
+        assert_eq!(c.spool.flush_every_ms(), 0);
     }
 
     const COLLECTOR: &str = r#"

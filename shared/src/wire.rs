@@ -23,6 +23,7 @@
 //! | `cf.codec`      | `h264`                                  | `h264`         |
 //! | `cf.epoch`      | stream epoch, u64; changes whenever the encoder settings change | `1` |
 //! | `cf.chunk`      | only on split frames: `index/count`, index from 0 | `0/3` |
+//! | `cf.evicted`    | only after an edge eviction: the camera's sequence ranges evicted from the agent's spool right before this frame, `first-last` inclusive, comma-separated | `120-179,240-299` |
 //!
 //! A frame larger than the producer's maximum record size is split into
 //! `count` records with the same metadata and consecutive `cf.chunk` indexes;
@@ -55,6 +56,37 @@ pub mod header {
     pub const CODEC: &str = "cf.codec";
     pub const EPOCH: &str = "cf.epoch";
     pub const CHUNK: &str = "cf.chunk";
+    pub const EVICTED: &str = "cf.evicted";
+}
+
+/// Formats `cf.evicted`: inclusive ranges, `first-last`, comma-separated.
+pub fn format_evicted(ranges: &[std::ops::RangeInclusive<u64>]) -> String {
+    let mut s = String::new();
+    for r in ranges {
+        if !s.is_empty() {
+            s.push(',');
+        }
+        s.push_str(&format!("{}-{}", r.start(), r.end()));
+    }
+    s
+}
+
+/// Parses `cf.evicted`.
+pub fn parse_evicted(value: &str) -> Result<Vec<std::ops::RangeInclusive<u64>>, WireError> {
+    value
+        .split(',')
+        .map(|part| {
+            part.split_once('-')
+                .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+                .filter(|(a, b)| a <= b)
+                .map(|(a, b)| a..=b)
+                .ok_or_else(|| WireError::BadValue {
+                    name: header::EVICTED,
+                    value: value.to_string(),
+                    reason: "expected first-last[,first-last...] with first <= last",
+                })
+        })
+        .collect()
 }
 
 /// A frame rate as a fraction, e.g. 30000/1001.
@@ -521,5 +553,16 @@ mod tests {
         let r = Rational::new(30000, 1001).unwrap();
         assert_eq!(r.pts_90k(30000), 1001 * 90_000);
         assert_eq!(Rational::new(30, 1).unwrap().frame_ticks_90k(), 3000);
+    }
+
+    #[test]
+    fn evicted_ranges_round_trip_and_bad_values_are_named() {
+        let r = vec![120..=179, 240..=240];
+        assert_eq!(format_evicted(&r), "120-179,240-240");
+        assert_eq!(parse_evicted("120-179,240-240").unwrap(), r);
+        for bad in ["", "5", "9-3", "a-b", "1-2,"] {
+            let e = parse_evicted(bad).unwrap_err().to_string();
+            assert!(e.contains("cf.evicted"), "{bad:?}: {e}");
+        }
     }
 }

@@ -12,6 +12,7 @@ use rdkafka::ClientConfig;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+pub mod edge_link;
 
 /// Addresses of the running services.
 pub struct Services {
@@ -242,13 +243,16 @@ pub struct PatternCamera<'a> {
     pub paced: bool,
 }
 
-/// Agent config for one test-pattern camera; `extra_kafka` lines go in `[kafka]`.
+/// Agent config for one test-pattern camera; `extra_kafka` lines go in
+/// `[kafka]`, `extra` (whole tables such as `[spool]`) at the end. The
+/// agent's `/metrics` listener is off unless `extra` has an `[http]` table.
 pub fn agent_config(
     s: &Services,
     topic: &str,
     data_dir: &Path,
     cam: &PatternCamera<'_>,
     extra_kafka: &str,
+    extra: &str,
 ) -> String {
     let PatternCamera {
         id: camera,
@@ -269,10 +273,17 @@ id = "{camera}"
 max_frames = {frames}
 source = {{ kind = "test_pattern", width = {width}, height = {height}, fps = {fps}, unpaced = {unpaced} }}
 encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 15 }}
+{http}
+{extra}
 "#,
         data = data_dir.display(),
         kafka = s.kafka,
         unpaced = !paced,
+        http = if extra.contains("[http]") {
+            ""
+        } else {
+            "[http]\nlisten = \"\""
+        },
     )
 }
 
@@ -448,10 +459,29 @@ impl Scenario {
     /// An agent streaming one test-pattern camera to the scenario's topic;
     /// its state directory is kept per camera, so a second run continues it.
     pub fn agent(&self, cam: &PatternCamera<'_>, extra_kafka: &str) -> Proc {
-        let slug = cam.id.replace('/', "-");
-        let data = self.dir.path().join(format!("agent-data-{slug}"));
-        let config = agent_config(&self.services, &self.topic, &data, cam, extra_kafka);
-        self.spawn(&format!("agent-{slug}"), "camfleet-agent", &config)
+        self.agent_with(cam, extra_kafka, "")
+    }
+
+    /// Like [`Self::agent`], with extra tables (`[spool]`, `[http]`) appended.
+    pub fn agent_with(&self, cam: &PatternCamera<'_>, extra_kafka: &str, extra: &str) -> Proc {
+        let config = self.agent_config(cam, extra_kafka, extra);
+        self.spawn(
+            &format!("agent-{}", cam.id.replace('/', "-")),
+            "camfleet-agent",
+            &config,
+        )
+    }
+
+    /// The agent's state directory for `camera` (sequence state, spool).
+    pub fn agent_data(&self, camera: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("agent-data-{}", camera.replace('/', "-")))
+    }
+
+    pub fn agent_config(&self, cam: &PatternCamera<'_>, extra_kafka: &str, extra: &str) -> String {
+        let data = self.agent_data(cam.id);
+        agent_config(&self.services, &self.topic, &data, cam, extra_kafka, extra)
     }
 
     /// A collector archiving the scenario's topic to `root`; all collectors of
@@ -464,4 +494,142 @@ impl Scenario {
         let group = format!("{}.collectors", self.topic);
         collector_config(&self.services, &self.topic, &group, root, 1000)
     }
+}
+
+/// A free 127.0.0.1 port, as `ip:port`.
+pub fn free_local_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// A plain HTTP/1.0 GET; returns the body.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// One whole frame as read back from the topic.
+pub struct TopicFrame {
+    pub meta: camfleet_shared::wire::FrameMeta,
+    /// The `cf.evicted` header, if present.
+    pub evicted: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// Reads every record of `topic` (all partitions, to the end), joining chunks.
+pub fn read_topic(s: &Services, topic: &str) -> Vec<TopicFrame> {
+    use camfleet_shared::wire;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::TopicPartitionList;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &s.kafka)
+        .set("group.id", format!("{topic}.checker"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = md.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    let mut ends = std::collections::HashMap::new();
+    for p in 0..partitions {
+        let (lo, hi) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        remaining += hi - lo;
+        ends.insert(p, hi);
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let mut reassembler = wire::Reassembler::default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut read = 0i64;
+    while read < remaining {
+        assert!(
+            Instant::now() < deadline,
+            "read {read} of {remaining} records of {topic}"
+        );
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let msg = msg.unwrap();
+        if msg.offset() >= ends[&msg.partition()] {
+            continue;
+        }
+        read += 1;
+        let headers: Vec<(&str, Option<&[u8]>)> = msg
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+            .unwrap_or_default();
+        let evicted = headers
+            .iter()
+            .find(|(k, _)| *k == wire::header::EVICTED)
+            .and_then(|(_, v)| v.map(|v| String::from_utf8_lossy(v).into_owned()));
+        let (meta, chunk) = wire::parse(msg.key(), headers).expect("agent records parse");
+        if let Some((meta, payload)) = reassembler
+            .push(meta, chunk, msg.payload().unwrap_or_default())
+            .expect("chunks in order")
+        {
+            out.push(TopicFrame {
+                meta,
+                evicted,
+                payload,
+            });
+        }
+    }
+    out
+}
+
+/// What a camera's records in the topic look like, in partition order.
+#[derive(Debug, Default)]
+pub struct StreamCheck {
+    /// Distinct sequence numbers seen.
+    pub distinct: u64,
+    /// Records whose (camera, seq) was seen before.
+    pub duplicates: u64,
+    /// Records with a seq lower than an earlier record's (not duplicates).
+    pub out_of_order: u64,
+    /// Numbers in `[first, last]` never seen.
+    pub missing: Vec<u64>,
+    pub first: Option<u64>,
+    pub last: Option<u64>,
+}
+
+pub fn check_stream(frames: &[TopicFrame], camera: &str) -> StreamCheck {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut c = StreamCheck::default();
+    let mut max = None::<u64>;
+    for f in frames.iter().filter(|f| f.meta.camera.as_str() == camera) {
+        let s = f.meta.seq;
+        if !seen.insert(s) {
+            c.duplicates += 1;
+            continue;
+        }
+        if max.is_some_and(|m| s < m) {
+            c.out_of_order += 1;
+        }
+        max = Some(max.map_or(s, |m| m.max(s)));
+    }
+    c.distinct = seen.len() as u64;
+    c.first = seen.first().copied();
+    c.last = seen.last().copied();
+    if let (Some(a), Some(b)) = (c.first, c.last) {
+        c.missing = (a..=b).filter(|s| !seen.contains(s)).collect();
+    }
+    c
 }

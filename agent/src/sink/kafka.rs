@@ -7,13 +7,14 @@
 //! its last chunk is (earlier chunks precede it in the same partition, and with
 //! idempotence nothing after a failed record in a partition is written).
 
-use super::{Ack, AckFuture, FrameSink, SinkError};
+use super::{AckFuture, Delivery, FrameSink, SinkError};
 use camfleet_shared::config::AgentKafkaConfig;
 use camfleet_shared::wire::{self, Chunk, FrameMeta};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 pub struct KafkaSink {
@@ -84,7 +85,13 @@ impl KafkaSink {
 }
 
 impl FrameSink for KafkaSink {
-    async fn enqueue(&self, meta: &FrameMeta, payload: &[u8]) -> Result<AckFuture, SinkError> {
+    async fn enqueue(
+        &self,
+        meta: &FrameMeta,
+        payload: &[u8],
+        evicted: &[RangeInclusive<u64>],
+    ) -> Result<AckFuture, SinkError> {
+        let evicted = (!evicted.is_empty()).then(|| wire::format_evicted(evicted));
         let ranges = wire::chunk_ranges(payload.len(), self.max_record_bytes);
         let count = ranges.len() as u32;
         let key = meta.camera.as_str();
@@ -99,6 +106,12 @@ impl FrameSink for KafkaSink {
                 headers = headers.insert(Header {
                     key: name,
                     value: Some(value.as_bytes()),
+                });
+            }
+            if let Some(e) = &evicted {
+                headers = headers.insert(Header {
+                    key: wire::header::EVICTED,
+                    value: Some(e.as_bytes()),
                 });
             }
             let mut record = FutureRecord::to(&self.topic)
@@ -132,7 +145,7 @@ impl FrameSink for KafkaSink {
         let (camera, seq) = (meta.camera.to_string(), meta.seq);
         Ok(Box::pin(async move {
             match future.await {
-                Ok(Ok(d)) => Ok(Ack {
+                Ok(Ok(d)) => Ok(Delivery::Kafka {
                     partition: d.partition,
                     offset: d.offset,
                 }),
@@ -150,9 +163,12 @@ impl FrameSink for KafkaSink {
         }))
     }
 
-    fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
-        self.producer
-            .flush(timeout)
+    async fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        // librdkafka's flush blocks; keep it off the async workers.
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|e| SinkError::Setup(format!("flush task: {e}")))?
             .map_err(|e| SinkError::Setup(format!("flush: {e}")))
     }
 }

@@ -1,17 +1,21 @@
-//! Where encoded frames go. Kafka today; the disk spool will wrap a sink so a
-//! frame counts as accepted once it is either acknowledged or spooled.
+//! Where encoded frames go. The Kafka sink sends them; the disk spool
+//! (`crate::spool`) wraps it, so a frame counts as accepted once it is either
+//! acknowledged by Kafka or durable in the spool.
 
 pub mod kafka;
 
 use camfleet_shared::wire::FrameMeta;
 use std::future::Future;
+use std::ops::RangeInclusive;
 use std::pin::Pin;
 
-/// What the broker told us about a delivered frame (its last chunk).
-#[derive(Clone, Copy, Debug)]
-pub struct Ack {
-    pub partition: i32,
-    pub offset: i64,
+/// How a frame was accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Kafka acknowledged it (acks=all); partition and offset of its last chunk.
+    Kafka { partition: i32, offset: i64 },
+    /// It is durable in the disk spool and will be sent from there.
+    Spooled,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +28,8 @@ pub enum SinkError {
         seq: u64,
         message: String,
     },
+    #[error("spool full: frame {seq} of {camera} evicted on arrival")]
+    Evicted { camera: String, seq: u64 },
     #[error("Kafka did not acknowledge frame {seq} of {camera}: {message}")]
     Delivery {
         camera: String,
@@ -32,18 +38,24 @@ pub enum SinkError {
     },
 }
 
-/// Resolves when the frame is acknowledged (acks=all) or has failed for good.
-pub type AckFuture = Pin<Box<dyn Future<Output = Result<Ack, SinkError>> + Send>>;
+/// Resolves when the frame is accepted or has failed for good.
+pub type AckFuture = Pin<Box<dyn Future<Output = Result<Delivery, SinkError>> + Send>>;
 
 pub trait FrameSink: Send + Sync + 'static {
-    /// Hands one frame to the sink, in sequence order. Waits while the sink's
-    /// queue is full (backpressure), then returns the pending acknowledgement.
+    /// Hands one frame to the sink, in sequence order per camera. Waits while
+    /// the sink's queue is full (backpressure), then returns the pending
+    /// acknowledgement. `evicted` lists the camera's sequence ranges evicted
+    /// at the edge right before this frame (`cf.evicted`, usually empty).
     fn enqueue(
         &self,
         meta: &FrameMeta,
         payload: &[u8],
+        evicted: &[RangeInclusive<u64>],
     ) -> impl Future<Output = Result<AckFuture, SinkError>> + Send;
 
-    /// Waits up to `timeout` for everything enqueued to be acknowledged.
-    fn flush(&self, timeout: std::time::Duration) -> Result<(), SinkError>;
+    /// Waits up to `timeout` for everything enqueued to be accepted.
+    fn flush(
+        &self,
+        timeout: std::time::Duration,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
 }

@@ -1,0 +1,397 @@
+//! The agent's disk spool against the real broker, reached through a
+//! fault-injecting proxy (the broker's EDGE listener advertises the proxy's
+//! port, so the agent's link can be cut, black-holed, slowed or reset while
+//! the collector and the checks use the broker directly).
+//!
+//! Every test here owns the one EDGE proxy port, so they run one at a time
+//! (`EDGE` lock). Their names start with `spool_`: scripts/test runs them on
+//! the one-node cluster only (the proxy fronts node 1).
+
+use camfleet_tests::edge_link::{EdgeLink, LinkState};
+use camfleet_tests::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static EDGE: Mutex<()> = Mutex::new(());
+
+/// The proxied link of one test; holds the EDGE lock while it lives.
+struct Edge {
+    link: EdgeLink,
+    bootstrap: String,
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+fn edge() -> Edge {
+    let guard = EDGE.lock().unwrap_or_else(|p| p.into_inner());
+    let port: u16 = std::env::var("KAFKA_EDGE_PROXY_PORT")
+        .expect("KAFKA_EDGE_PROXY_PORT: run scripts/services up and source .services/env")
+        .parse()
+        .unwrap();
+    let upstream = std::env::var("KAFKA_EDGE_UPSTREAM").expect("KAFKA_EDGE_UPSTREAM");
+    Edge {
+        link: EdgeLink::start(port, &upstream),
+        bootstrap: format!("127.0.0.1:{port}"),
+        _guard: guard,
+    }
+}
+
+/// An agent of `run` that reaches Kafka only through the edge link.
+fn edge_agent(run: &Scenario, e: &Edge, cam: &PatternCamera<'_>, extra: &str) -> Proc {
+    let config = run
+        .agent_config(cam, "", extra)
+        .replace(&run.services.kafka, &e.bootstrap);
+    run.spawn(
+        &format!("agent-{}", cam.id.replace('/', "-")),
+        "camfleet-agent",
+        &config,
+    )
+}
+
+fn camera(id: &str, width: u32, height: u32, frames: u64, paced: bool) -> PatternCamera<'_> {
+    PatternCamera {
+        id,
+        width,
+        height,
+        fps: 30,
+        frames,
+        paced,
+    }
+}
+
+/// `camfleet-agent spool <cmd>` on the config the scenario wrote for `camera`.
+fn spool_cli(run: &Scenario, camera: &str, args: &[&str]) -> std::process::Output {
+    let config = run
+        .dir
+        .path()
+        .join(format!("agent-{}.toml", camera.replace('/', "-")));
+    Command::new(binary("camfleet-agent"))
+        .arg("spool")
+        .args(args)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap()
+}
+
+fn spool_status(run: &Scenario, camera: &str) -> serde_json::Value {
+    let out = spool_cli(run, camera, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "spool status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn assert_verifies(run: &Scenario, camera: &str) {
+    let out = spool_cli(run, camera, &["verify"]);
+    assert!(
+        out.status.success(),
+        "spool verify failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn u(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"))
+}
+
+/// Waits until the agent's log shows it spooling (Kafka not keeping up).
+fn wait_spooling(agent: &Proc) {
+    agent.wait_log(
+        Duration::from_secs(30),
+        "the agent to start spooling",
+        |l| l.contains("spooling to disk"),
+    );
+}
+
+#[test]
+fn spool_a_60_s_broker_outage_loses_no_frame_and_the_archive_has_them_all() {
+    let e = edge();
+    let run = Scenario::new("outage60", 1);
+    let (w, h) = (1280, 720);
+    let n = 30 * 85;
+    let root = run.dir.path().join("archive");
+    let collector = run.collector("collector", root.to_str().unwrap());
+    let agent = edge_agent(&run, &e, &camera("site/outage", w, h, n, true), "");
+    std::thread::sleep(Duration::from_secs(10));
+    e.link.set_state(LinkState::Refuse);
+    let down = Instant::now();
+    wait_spooling(&agent);
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(down.elapsed()));
+    e.link.set_state(LinkState::Up);
+    agent.wait_log(Duration::from_secs(60), "the spool to drain", |l| {
+        l.contains("spool drained")
+    });
+    let summary = agent.wait_summary(Duration::from_secs(60));
+    eprintln!("agent: {summary}");
+    assert_eq!(u(&summary, "frames_encoded"), n, "{summary}");
+    assert_eq!(u(&summary, "frames_failed"), 0, "{summary}");
+    assert_eq!(u(&summary, "frames_evicted"), 0, "{summary}");
+    assert!(u(&summary, "frames_spooled") >= 30 * 55, "{summary}");
+    assert_eq!(
+        u(&summary, "frames_drained"),
+        u(&summary, "frames_spooled"),
+        "{summary}"
+    );
+    // An independent reader of the topic: every frame, in order, once.
+    let frames = read_topic(&run.services, &run.topic);
+    let c = check_stream(&frames, "site/outage");
+    assert_eq!((c.first, c.last), (Some(0), Some(n - 1)), "{c:?}");
+    assert!(c.missing.is_empty(), "{c:?}");
+    assert_eq!(c.out_of_order, 0, "{c:?}");
+    assert_eq!(c.duplicates, 0, "{c:?}");
+    // The collector archives all of them; ffprobe counts them.
+    wait_until(Duration::from_secs(90), "every frame archived", || {
+        segments_under(&root)
+            .iter()
+            .map(|s| ffprobe_frames(s).3)
+            .sum::<u64>()
+            == n
+    });
+    collector.signal("TERM");
+    let cs = collector.wait_summary(Duration::from_secs(20));
+    assert_eq!(u(&cs, "sequence_gap_frames"), 0, "{cs}");
+}
+
+/// SIGKILL while the broker is away, restart, then the broker returns:
+/// everything the spool held (accepted) arrives, and the sequence continues
+/// exactly where the durable state says, so Kafka sees no gap at all.
+fn sigkill_during_outage(mode: &str) {
+    let e = edge();
+    let run = Scenario::new(&format!("kill-{mode}"), 1);
+    let id = "site/killed";
+    let spool = format!("[spool]\nmode = \"{mode}\"\n");
+    let agent = edge_agent(&run, &e, &camera(id, 640, 360, 100_000, true), &spool);
+    std::thread::sleep(Duration::from_secs(3));
+    e.link.set_state(LinkState::Refuse);
+    if mode == "outage" {
+        wait_spooling(&agent);
+    }
+    // (In `always` mode every frame is spooled before it is sent.)
+    std::thread::sleep(Duration::from_secs(4));
+    agent.signal("KILL");
+    drop(agent);
+    // What the spool holds now is what was accepted and not yet in Kafka.
+    let st = spool_status(&run, id);
+    assert_eq!(st["agent_running"], false, "{st}");
+    let cam = &st["cameras"][0];
+    let held_last = u(cam, "last_seq");
+    assert!(u(cam, "frames") >= 60, "{st}");
+    assert_verifies(&run, id);
+    // Restart while the broker is still away; then it comes back.
+    let more = 90;
+    let agent = edge_agent(&run, &e, &camera(id, 640, 360, more, true), &spool);
+    std::thread::sleep(Duration::from_secs(2));
+    e.link.set_state(LinkState::Up);
+    let summary = agent.wait_summary(Duration::from_secs(60));
+    eprintln!("{mode}: spool held up to #{held_last}; second run: {summary}");
+    let next = u(&summary, "seq_next");
+    assert!(u(&summary, "seq_first") <= held_last + 1, "{summary}");
+    let frames = read_topic(&run.services, &run.topic);
+    let c = check_stream(&frames, id);
+    assert_eq!((c.first, c.last), (Some(0), Some(next - 1)), "{c:?}");
+    assert!(
+        c.missing.is_empty(),
+        "no accepted frame lost, no gap: {c:?}"
+    );
+    assert_eq!(c.out_of_order, 0, "{c:?}");
+    eprintln!(
+        "{mode}: {} duplicates (frames in flight at the kill, sent again)",
+        c.duplicates
+    );
+}
+
+#[test]
+fn spool_sigkill_during_an_outage_loses_no_accepted_frame_outage_mode() {
+    sigkill_during_outage("outage");
+}
+
+#[test]
+fn spool_sigkill_during_an_outage_loses_no_accepted_frame_always_mode() {
+    sigkill_during_outage("always");
+}
+
+#[test]
+fn spool_an_agent_started_with_the_broker_down_spools_then_drains() {
+    let e = edge();
+    e.link.set_state(LinkState::Refuse);
+    let run = Scenario::new("offline-boot", 1);
+    let id = "site/offline";
+    let n = 240;
+    let agent = edge_agent(&run, &e, &camera(id, 640, 360, n, true), "");
+    wait_spooling(&agent);
+    std::thread::sleep(Duration::from_secs(3));
+    e.link.set_state(LinkState::Up);
+    let summary = agent.wait_summary(Duration::from_secs(60));
+    // The first frames waited for the broker too: all of them went via the spool.
+    assert!(u(&summary, "frames_spooled") >= 60, "{summary}");
+    assert_eq!(
+        u(&summary, "frames_drained"),
+        u(&summary, "frames_spooled"),
+        "{summary}"
+    );
+    let c = check_stream(&read_topic(&run.services, &run.topic), id);
+    assert_eq!(
+        (c.first, c.last, c.distinct),
+        (Some(0), Some(n - 1), n),
+        "{c:?}"
+    );
+    assert_eq!(c.out_of_order, 0, "{c:?}");
+}
+
+/// Decodes `payload` (Annex-B) with ffmpeg; returns the pictures decoded.
+fn ffmpeg_decodes(dir: &Path, name: &str, payload: &[u8]) -> u64 {
+    let file = dir.join(name);
+    std::fs::write(&file, payload).unwrap();
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+            "-f",
+            "h264",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn spool_a_budget_too_small_evicts_only_whole_oldest_gops_and_reports_them() {
+    let e = edge();
+    e.link.set_state(LinkState::Refuse);
+    let run = Scenario::new("budget", 1);
+    let id = "site/budget";
+    let root = run.dir.path().join("archive");
+    let collector = run.collector("collector", root.to_str().unwrap());
+    // ~14 KB frames at 8 Mbit/s (as fast as the encoder goes): 4500 of them
+    // are ~64 MB, twice what the 64 MiB budget keeps.
+    let spool = "[spool]\nmax_bytes = 67108864\nswitch_after_ms = 500\n";
+    let n = 4500;
+    let cam = camera(id, 1280, 720, n, false);
+    let config = run
+        .agent_config(&cam, "", spool)
+        .replace("bitrate_kbps = 1500", "bitrate_kbps = 8000")
+        .replace(&run.services.kafka, &e.bootstrap);
+    let first = run.spawn("agent-site-budget", "camfleet-agent", &config);
+    let s1 = first.wait_summary(Duration::from_secs(120));
+    eprintln!("offline run: {s1}");
+    let evicted = u(&s1, "frames_evicted");
+    assert!(evicted > 1000, "{s1}");
+    assert_verifies(&run, id);
+    let st = spool_status(&run, id);
+    assert!(
+        u(&st, "disk_bytes") <= 64 << 20,
+        "budget is on real disk bytes: {st}"
+    );
+    // The link returns; a short second run drains the spool.
+    e.link.set_state(LinkState::Up);
+    let cam2 = camera(id, 1280, 720, 15, false);
+    let config = run
+        .agent_config(&cam2, "", spool)
+        .replace("bitrate_kbps = 1500", "bitrate_kbps = 8000")
+        .replace(&run.services.kafka, &e.bootstrap);
+    let s2 = run
+        .spawn("agent-site-budget", "camfleet-agent", &config)
+        .wait_summary(Duration::from_secs(120));
+    eprintln!("drain run: {s2}");
+    let frames = read_topic(&run.services, &run.topic);
+    let c = check_stream(&frames, id);
+    assert_eq!(c.out_of_order + c.duplicates, 0, "{c:?}");
+    // Exactly the evicted numbers are missing, and each was announced.
+    let announced: Vec<(u64, String)> = frames
+        .iter()
+        .filter_map(|f| Some((f.meta.seq, f.evicted.clone()?)))
+        .collect();
+    let mut numbers: Vec<u64> = announced
+        .iter()
+        .flat_map(|(_, v)| camfleet_shared::wire::parse_evicted(v).unwrap())
+        .flatten()
+        .collect();
+    numbers.sort();
+    assert!(
+        numbers == c.missing,
+        "cf.evicted must list exactly the missing frames, once: announced {announced:?}, {} missing from #{:?} to #{:?}",
+        c.missing.len(),
+        c.missing.first(),
+        c.missing.last()
+    );
+    assert_eq!(c.missing.len() as u64, evicted, "{c:?}");
+    // What remains decodes: every run between gaps starts at a keyframe and
+    // ffmpeg decodes each picture of it.
+    let mut runs: Vec<Vec<&TopicFrame>> = vec![];
+    for f in &frames {
+        match runs.last_mut() {
+            Some(r) if r.last().unwrap().meta.seq + 1 == f.meta.seq => r.push(f),
+            _ => runs.push(vec![f]),
+        }
+    }
+    assert!(runs.len() > 1, "evictions make gaps");
+    for (i, r) in runs.iter().enumerate() {
+        assert!(
+            r[0].meta.keyframe,
+            "run {i} starts at #{} which is not a keyframe",
+            r[0].meta.seq
+        );
+        let bytes: Vec<u8> = r.iter().flat_map(|f| f.payload.iter().copied()).collect();
+        let decoded = ffmpeg_decodes(run.dir.path(), &format!("run{i}.h264"), &bytes);
+        assert_eq!(decoded, r.len() as u64, "run {i} from #{}", r[0].meta.seq);
+    }
+    // The collector reports exactly those frames as evicted at the edge.
+    wait_until(
+        Duration::from_secs(60),
+        "the collector to archive the rest",
+        || {
+            segments_under(&root)
+                .iter()
+                .map(|s| ffprobe_frames(s).3)
+                .sum::<u64>()
+                == c.distinct
+        },
+    );
+    collector.signal("TERM");
+    let cs = collector.wait_summary(Duration::from_secs(20));
+    assert_eq!(u(&cs, "sequence_gap_frames"), evicted, "{cs}");
+    assert_eq!(
+        u(&cs, "sequence_gap_frames_evicted_at_edge"),
+        evicted,
+        "{cs}"
+    );
+}
+
+#[test]
+fn spool_a_corrupt_spool_is_quarantined_and_the_agent_streams() {
+    let e = edge();
+    let run = Scenario::new("corrupt", 1);
+    let id = "site/corrupt";
+    let db = run.agent_data(id).join("spool").join("db");
+    std::fs::create_dir_all(db.join("blobs")).unwrap();
+    std::fs::write(db.join("conf"), b"\xff\xfenot a sled config at all").unwrap();
+    std::fs::write(db.join("db"), vec![0x5a; 100_000]).unwrap();
+    std::fs::write(db.join("blobs").join("17"), b"garbage").unwrap();
+    let n = 90;
+    let summary = edge_agent(&run, &e, &camera(id, 320, 240, n, false), "")
+        .wait_summary(Duration::from_secs(60));
+    assert_eq!(u(&summary, "frames_encoded"), n, "{summary}");
+    let quarantine: Vec<PathBuf> = std::fs::read_dir(run.agent_data(id).join("spool/quarantine"))
+        .expect("a quarantine directory")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(quarantine.len(), 1, "{quarantine:?}");
+    assert!(quarantine[0].join("conf").exists(), "kept for inspection");
+    let c = check_stream(&read_topic(&run.services, &run.topic), id);
+    assert_eq!((c.first, c.distinct), (Some(0), n), "{c:?}");
+    assert_verifies(&run, id);
+}
