@@ -15,12 +15,12 @@
 
 use crate::archive::{mpegts, segment_path, Archive, ArchiveError};
 use crate::consume::{self, RebalanceLog};
-use crate::continuity::{Continuity, Verdict};
+use crate::continuity::{self, Continuity, Verdict};
 use crate::segmenter::{Segment, SegmentFrame, SegmentPolicy, Segmenter};
 use crate::stats::Stats;
 use bytes::Bytes;
 use camfleet_shared::config::CollectorConfig;
-use camfleet_shared::wire::{self, Reassembler};
+use camfleet_shared::wire::{self, FrameMeta, Reassembler};
 use camfleet_shared::CameraId;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
@@ -28,6 +28,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -282,10 +283,37 @@ impl<A: Archive> Collector<A> {
                 Verdict::Archived => self.stats.frames_already_archived(1),
                 Verdict::Duplicate => self.stats.frames_duplicate(1),
                 Verdict::Accept { missing } => {
+                    let evicted = self.evicted_ranges(&msg, &meta);
                     if missing > 0 {
+                        let split = continuity::split_gap(meta.seq, missing, &evicted);
                         self.stats.sequence_gaps(1);
                         self.stats.sequence_gap_frames(missing);
-                        tracing::warn!(camera = %meta.camera, seq = meta.seq, missing, "sequence gap");
+                        self.stats
+                            .sequence_gap_frames_evicted_at_edge(split.evicted_frames);
+                        let reason = match (split.evicted_frames, split.unexplained) {
+                            (0, _) => "unknown",
+                            (_, 0) => "evicted at the edge",
+                            _ => "partly evicted at the edge, rest unknown",
+                        };
+                        let evicted_at_edge = (!split.evicted.is_empty())
+                            .then(|| wire::format_evicted(&split.evicted));
+                        tracing::warn!(
+                            camera = %meta.camera,
+                            seq = meta.seq,
+                            missing,
+                            evicted_at_edge = evicted_at_edge.as_deref(),
+                            evicted_frames = split.evicted_frames,
+                            unexplained = split.unexplained,
+                            reason,
+                            "sequence gap"
+                        );
+                    } else if !evicted.is_empty() {
+                        tracing::debug!(
+                            camera = %meta.camera,
+                            seq = meta.seq,
+                            evicted = %wire::format_evicted(&evicted),
+                            "cf.evicted on a frame with no gap before it; ignored"
+                        );
                     }
                     self.stats.frames_accepted(1);
                     let frame = SegmentFrame {
@@ -306,6 +334,33 @@ impl<A: Archive> Collector<A> {
         }
         self.consumed.insert(p, offset + 1);
         Ok(())
+    }
+
+    /// The `cf.evicted` ranges of a whole frame, read from the record that
+    /// completed it (every chunk of a split frame carries the header, so
+    /// this reads it once per frame). Absent or null: none. Malformed: the
+    /// frame is kept, the header is warned about, counted, and ignored.
+    /// Called for accepted frames only, so a replayed or duplicate record
+    /// does not count a malformed header twice.
+    fn evicted_ranges(&self, msg: &OwnedMessage, meta: &FrameMeta) -> Vec<RangeInclusive<u64>> {
+        let headers = msg
+            .headers()
+            .into_iter()
+            .flat_map(|h| h.iter())
+            .map(|h| (h.key, h.value));
+        consume::evicted_ranges(headers).unwrap_or_else(|e| {
+            self.stats.malformed_evicted_headers(1);
+            tracing::warn!(
+                camera = %meta.camera,
+                seq = meta.seq,
+                partition = msg.partition(),
+                offset = msg.offset(),
+                header = wire::header::EVICTED,
+                error = %e,
+                "malformed cf.evicted header ignored; frame kept"
+            );
+            Vec::new()
+        })
     }
 
     async fn dead_letter(

@@ -14,10 +14,12 @@
 //! about 100 cameras per partition); the project's broker config raises it.
 
 use camfleet_shared::config::CollectorKafkaConfig;
+use camfleet_shared::wire::{self, WireError};
 use camfleet_shared::CameraId;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientConfig, ClientContext};
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::sync::Mutex;
 
 /// Remembers partitions revoked during a poll, for the main loop to act on.
@@ -83,6 +85,30 @@ pub fn dead_letter_producer_config(config: &CollectorKafkaConfig) -> ClientConfi
     c
 }
 
+/// Reads the optional `cf.evicted` header from a record's headers: the
+/// sequence ranges the agent evicted from its spool right before this frame.
+/// Absent or null means none; if it occurs more than once the last non-null
+/// value counts (as for the headers `wire::parse` reads). A malformed value
+/// is an error naming the header and the value; the caller keeps the frame.
+pub fn evicted_ranges<'a>(
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+) -> Result<Vec<RangeInclusive<u64>>, WireError> {
+    let raw = headers
+        .into_iter()
+        .filter(|(name, _)| *name == wire::header::EVICTED)
+        .filter_map(|(_, value)| value)
+        .last();
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let text = std::str::from_utf8(raw).map_err(|_| WireError::BadValue {
+        name: wire::header::EVICTED,
+        value: String::from_utf8_lossy(raw).into_owned(),
+        reason: "not UTF-8",
+    })?;
+    wire::parse_evicted(text)
+}
+
 pub fn encode_watermarks(w: &BTreeMap<String, u64>) -> String {
     serde_json::json!({ "v": 1, "archived": w }).to_string()
 }
@@ -121,5 +147,22 @@ mod tests {
         assert!(decode_watermarks("").is_empty());
         assert!(decode_watermarks("not json").is_empty());
         assert!(decode_watermarks(r#"{"archived":{"bad id":1}}"#).is_empty());
+    }
+
+    #[test]
+    fn evicted_header_absent_null_present_and_malformed() {
+        let seq: (&str, Option<&[u8]>) = ("cf.seq", Some(b"300"));
+        assert_eq!(evicted_ranges([seq]), Ok(vec![]));
+        assert_eq!(evicted_ranges([seq, ("cf.evicted", None)]), Ok(vec![]));
+        assert_eq!(
+            evicted_ranges([seq, ("cf.evicted", Some(b"120-179,240-299".as_slice()))]),
+            Ok(vec![120..=179, 240..=299])
+        );
+        for bad in [b"".as_slice(), b"9-3", b"120-179;240", b"\xff-\xfe"] {
+            let e = evicted_ranges([seq, ("cf.evicted", Some(bad))])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("cf.evicted"), "{bad:?}: {e}");
+        }
     }
 }

@@ -42,8 +42,27 @@ counters! {
     archive_retries => "camfleet_collector_archive_retries_total", "Failed archive writes that were retried.";
     sequence_gaps => "camfleet_collector_sequence_gaps_total", "Places where a camera's sequence skipped numbers.";
     sequence_gap_frames => "camfleet_collector_sequence_gap_frames_total", "Sequence numbers missing in those gaps.";
+    sequence_gap_frames_evicted_at_edge => "camfleet_collector_sequence_gap_frames_evicted_at_edge_total", "Missing sequence numbers the agent reported as evicted from its spool (cf.evicted).";
+    malformed_evicted_headers => "camfleet_collector_malformed_evicted_headers_total", "cf.evicted headers that could not be parsed (the frame was kept).";
     frames_duplicate => "camfleet_collector_frames_duplicate_total", "Frames received twice and dropped.";
     frames_already_archived => "camfleet_collector_frames_already_archived_total", "Replayed frames skipped because they were archived before.";
     dead_letter_records => "camfleet_collector_dead_letter_records_total", "Malformed records sent to the dead-letter topic.";
     offset_commits => "camfleet_collector_offset_commits_total", "Offset commits sent to Kafka.";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_has_the_edge_eviction_counters() {
+        let s = Stats::default();
+        s.sequence_gap_frames(7);
+        s.sequence_gap_frames_evicted_at_edge(5);
+        s.malformed_evicted_headers(1);
+        let j = s.to_json();
+        assert_eq!(j["sequence_gap_frames"], 7, "{j}");
+        assert_eq!(j["sequence_gap_frames_evicted_at_edge"], 5, "{j}");
+        assert_eq!(j["malformed_evicted_headers"], 1, "{j}");
+    }
 }

@@ -395,3 +395,334 @@ fn spool_a_corrupt_spool_is_quarantined_and_the_agent_streams() {
     assert_eq!((c.first, c.distinct), (Some(0), n), "{c:?}");
     assert_verifies(&run, id);
 }
+
+/// A small pseudo-random sequence for the SIGKILL storm (seed printed, so a
+/// failure can be replayed with `CAMFLEET_STORM_SEED`).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// The `key=value` field of the agent's "spool opened" log line.
+fn opened_field(line: &str, key: &str) -> u64 {
+    let at = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("{key} in {line}"));
+    line[at + key.len() + 1..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn spool_fifty_sigkills_while_the_broker_flaps_lose_nothing_accepted() {
+    let e = edge();
+    let run = Scenario::new("storm", 1);
+    let id = "site/storm";
+    let spool = "[spool]\nmode = \"always\"\n";
+    let seed = std::env::var("CAMFLEET_STORM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("storm seed {seed}");
+    let mut rng = Lcg(seed);
+    let mut worst = (0u64, 0u64);
+    for i in 0..50 {
+        e.link.set_state(match rng.next(3) {
+            0 => LinkState::Up,
+            1 => LinkState::Refuse,
+            _ => LinkState::Blackhole,
+        });
+        let agent = edge_agent(&run, &e, &camera(id, 640, 360, 100_000, true), spool);
+        agent.wait_log(Duration::from_secs(30), "the spool to open", |l| {
+            l.lines().filter(|l| l.contains("spool opened")).count() > i
+        });
+        // After every crash recovery (and reclaim), the files stay within
+        // twice the live data plus sled's fixed overhead.
+        let log = agent.log_text();
+        let line = log
+            .lines()
+            .filter(|l| l.contains("spool opened"))
+            .nth(i)
+            .unwrap();
+        let (live, disk) = (
+            opened_field(line, "live_bytes"),
+            opened_field(line, "disk_bytes"),
+        );
+        assert!(disk <= 2 * live + (16 << 20), "start {i}: {line}");
+        if disk > worst.1 {
+            worst = (live, disk);
+        }
+        std::thread::sleep(Duration::from_millis(200 + rng.next(1300)));
+        agent.signal("KILL");
+    }
+    eprintln!(
+        "largest spool after a crash: {} bytes on disk for {} live",
+        worst.1, worst.0
+    );
+    assert_verifies(&run, id);
+    e.link.set_state(LinkState::Up);
+    let summary = edge_agent(&run, &e, &camera(id, 640, 360, 30, true), spool)
+        .wait_summary(Duration::from_secs(120));
+    let next = u(&summary, "seq_next");
+    let c = check_stream(&read_topic(&run.services, &run.topic), id);
+    eprintln!("after 50 SIGKILLs: {c:?} (duplicates are frames acknowledged whose deletion the kill cut short)");
+    assert_eq!((c.first, c.last), (Some(0), Some(next - 1)), "{}", summary);
+    assert!(
+        c.missing.is_empty(),
+        "accepted frames lost: {:?}",
+        &c.missing[..c.missing.len().min(20)]
+    );
+    assert_eq!(c.out_of_order, 0);
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root (scripts/test runs as root in CI): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(at)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn spool_a_filesystem_at_its_free_space_floor_is_treated_like_a_full_budget() {
+    let e = edge();
+    e.link.set_state(LinkState::Refuse);
+    let run = Scenario::new("floor", 1);
+    let id = "site/floor";
+    let disk = SmallDisk::mount(run.dir.path().join("small-disk"), "160m");
+    // Something else on the box already took 40 MiB.
+    std::fs::write(disk.0.join("other-data"), vec![7u8; 40 << 20]).unwrap();
+    let spool = format!(
+        "[spool]\ndir = \"{}\"\nmax_bytes = 1073741824\nmin_free_bytes = 67108864\nswitch_after_ms = 500\n",
+        disk.0.join("spool").display()
+    );
+    let cam = camera(id, 1280, 720, 4500, false);
+    let config = run
+        .agent_config(&cam, "", &spool)
+        .replace("bitrate_kbps = 1500", "bitrate_kbps = 8000")
+        .replace(&run.services.kafka, &e.bootstrap);
+    let agent = run.spawn("agent-site-floor", "camfleet-agent", &config);
+    let mut lowest_free = u64::MAX;
+    while agent.log_text().matches("camera stopped").count() == 0 {
+        lowest_free = lowest_free.min(camfleet_agent::spool::store::free_bytes(&disk.0));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let summary = agent.wait_summary(Duration::from_secs(60));
+    eprintln!("{summary}; lowest free space {lowest_free}");
+    assert!(u(&summary, "frames_evicted") > 1000, "{summary}");
+    assert_eq!(u(&summary, "frames_failed"), 0, "{summary}");
+    // It never ate into the floor by more than one second of writes.
+    assert!(lowest_free >= 40 << 20, "free space fell to {lowest_free}");
+    let st = spool_status(&run, id);
+    assert!(
+        st["cameras"][0]["evicted_unreported"][0]["reason"] == "disk_floor",
+        "{st}"
+    );
+    assert_verifies(&run, id);
+}
+
+#[test]
+fn spool_a_slow_link_that_resets_connections_loses_nothing_and_keeps_order() {
+    let e = edge();
+    e.link.set_latency(Duration::from_millis(60));
+    e.link.set_reset_after(Some(Duration::from_secs(3)));
+    let run = Scenario::new("flaky", 1);
+    let id = "site/flaky";
+    let n = 30 * 20;
+    let summary = edge_agent(&run, &e, &camera(id, 640, 360, n, true), "")
+        .wait_summary(Duration::from_secs(90));
+    let resets = e.link.resets();
+    eprintln!("{summary}; proxy resets {resets}");
+    assert!(resets >= 3, "the link was reset {resets} times");
+    assert_eq!(u(&summary, "frames_failed"), 0, "{summary}");
+    let c = check_stream(&read_topic(&run.services, &run.topic), id);
+    assert_eq!(
+        (c.first, c.last, c.distinct),
+        (Some(0), Some(n - 1), n),
+        "{c:?}"
+    );
+    assert_eq!(c.out_of_order, 0, "{c:?}");
+    eprintln!("duplicates: {}", c.duplicates);
+}
+
+/// The agent in its own network namespace, reaching the broker over a veth
+/// pair: `ip link set down` cuts the cable (packets vanish; no reset, no
+/// refusal), as a site's uplink failing does.
+struct Netns {
+    name: String,
+    veth: String,
+    forwarders: Vec<std::process::Child>,
+}
+
+impl Netns {
+    fn ip(args: &[&str]) {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {} (network namespaces need root)",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Namespace `name`; inside it, 127.0.0.1:`port` forwards over the veth
+    /// to `upstream` (the broker's EDGE listener) in the root namespace.
+    fn create(name: &str, port: u16, upstream: &str) -> Self {
+        let n = std::process::id() % 200 + 20;
+        let (veth, peer) = (format!("cfh{n}"), format!("cfn{n}"));
+        let (host_ip, ns_ip) = (format!("10.213.{n}.1"), format!("10.213.{n}.2"));
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        let _ = Command::new("ip").args(["link", "del", &veth]).status();
+        Self::ip(&["netns", "add", name]);
+        let mut me = Self {
+            name: name.into(),
+            veth: veth.clone(),
+            forwarders: vec![],
+        };
+        Self::ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer]);
+        Self::ip(&["link", "set", &peer, "netns", name]);
+        Self::ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &veth]);
+        Self::ip(&["link", "set", &veth, "up"]);
+        for args in [
+            vec!["addr", "add", &format!("{ns_ip}/30"), "dev", &peer],
+            vec!["link", "set", &peer, "up"],
+            vec!["link", "set", "lo", "up"],
+        ] {
+            let mut full = vec!["netns", "exec", name, "ip"];
+            full.extend(args.iter().map(|s| &**s));
+            Self::ip(&full);
+        }
+        let relay = format!("{host_ip}:{port}");
+        let spawn = |cmd: &mut Command| {
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("socat is installed by scripts/setup")
+        };
+        me.forwarders.push(spawn(
+            Command::new("socat")
+                .arg(format!("TCP-LISTEN:{port},bind={host_ip},reuseaddr,fork"))
+                .arg(format!("TCP:{upstream}")),
+        ));
+        me.forwarders.push(spawn(
+            Command::new("ip")
+                .args(["netns", "exec", name, "socat"])
+                .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+                .arg(format!("TCP:{relay}")),
+        ));
+        wait_until(Duration::from_secs(10), "the forwarders to listen", || {
+            std::net::TcpStream::connect(&relay).is_ok()
+        });
+        me
+    }
+
+    fn link(&self, up: bool) {
+        Self::ip(&["link", "set", &self.veth, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for f in &mut self.forwarders {
+            let _ = f.kill();
+            let _ = f.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn spool_a_site_uplink_cut_for_60_s_loses_nothing_and_drains_by_itself() {
+    // Holds the EDGE lock: the namespace's forwarder uses the proxy port number.
+    let e = edge();
+    let port = e.bootstrap.rsplit(':').next().unwrap().parse().unwrap();
+    drop(e.link);
+    let upstream = std::env::var("KAFKA_EDGE_UPSTREAM").unwrap();
+    let ns = Netns::create(&format!("cf-edge-{}", std::process::id()), port, &upstream);
+    let run = Scenario::new("uplink", 1);
+    let id = "site/uplink";
+    let n = 30 * 85;
+    let cam = camera(id, 640, 360, n, true);
+    let file = run.dir.path().join("agent-uplink.toml");
+    std::fs::write(
+        &file,
+        run.agent_config(&cam, "", "")
+            .replace(&run.services.kafka, &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let log = run.dir.path().join("agent-uplink.log");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(binary("camfleet-agent"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .env("RUST_LOG", "info,librdkafka=warn")
+        .spawn()
+        .unwrap();
+    let agent = Proc {
+        child,
+        log,
+        name: "agent in netns".into(),
+    };
+    std::thread::sleep(Duration::from_secs(10));
+    ns.link(false);
+    let cut = Instant::now();
+    wait_spooling(&agent);
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(cut.elapsed()));
+    ns.link(true);
+    agent.wait_log(
+        Duration::from_secs(120),
+        "the spool to drain by itself",
+        |l| l.contains("spool drained"),
+    );
+    let summary = agent.wait_summary(Duration::from_secs(60));
+    eprintln!("{summary}");
+    assert!(u(&summary, "frames_spooled") >= 30 * 50, "{summary}");
+    let c = check_stream(&read_topic(&run.services, &run.topic), id);
+    assert_eq!(
+        (c.first, c.last, c.distinct),
+        (Some(0), Some(n - 1), n),
+        "{c:?}"
+    );
+    assert_eq!(c.out_of_order, 0, "{c:?}");
+    eprintln!("duplicates: {}", c.duplicates);
+}

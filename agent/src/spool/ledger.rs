@@ -397,9 +397,8 @@ mod tests {
             let mut ledger = Ledger::default();
             let mut next = [0u64; 3];
             let mut acked: Vec<Vec<u64>> = vec![vec![]; 3];
-            let mut clock = 0u64;
-            for op in ops {
-                clock += 1;
+            for (clock, op) in ops.into_iter().enumerate() {
+                let clock = clock as u64 + 1;
                 match op {
                     Op::Frame { cam } => {
                         let s = next[cam];

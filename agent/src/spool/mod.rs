@@ -53,7 +53,9 @@
 //! be lowered by evicting. The spool therefore limits the *live* bytes (the
 //! frames it holds) to `live_limit`, and sets that limit from what it
 //! measures every second so the files stay within `max_bytes`:
-//! * its normal value is `(max_bytes - 8 MiB) / 2.5`: measured here with
+//! * its normal value is `(room - 8 MiB) / 2.5`, where `room` is the lesser
+//!   of `max_bytes` and the database's size plus the free space above
+//!   `min_free_bytes`: measured here with
 //!   H.264 frames under continuous churn (insert newest, evict oldest),
 //!   sled's files reach 1.5-2.2x the live bytes plus about 6 MiB, the
 //!   upper end when IDR frames land in sled's blob files (docs/spool.md);
@@ -227,7 +229,7 @@ impl<S: FrameSink> SpoolSink<S> {
         let shared = Arc::new(Shared {
             inner,
             budget: Mutex::new(Budget {
-                live_limit: normal_live_limit(cfg.max_bytes),
+                live_limit: normal_live_limit(cfg, store.disk_bytes(), store.free_bytes()),
                 reason: GapReason::Budget,
                 disk: store.disk_bytes(),
                 free: store.free_bytes(),
@@ -277,6 +279,9 @@ impl<S: FrameSink> SpoolSink<S> {
         tracing::info!(
             dir = %dir.display(),
             frames,
+            live_bytes = sink.shared.live_bytes(),
+            disk_bytes = sink.shared.store.disk_bytes(),
+            reclaimed_from = recovered.reclaimed.map(|r| r.0),
             damaged = recovered.damaged,
             quarantined = recovered.quarantined.is_some(),
             ms = t.elapsed().as_millis() as u64,
@@ -412,9 +417,13 @@ impl<S: FrameSink> SpoolSink<S> {
     }
 }
 
-/// The live-bytes limit that keeps sled's files within `max_bytes`.
-fn normal_live_limit(max_bytes: u64) -> u64 {
-    max_bytes.saturating_sub(8 << 20) * 2 / 5
+/// The live-bytes limit that keeps sled's files within `max_bytes` and
+/// above the free-space floor (see "Budget" above).
+fn normal_live_limit(cfg: &SpoolConfig, disk: u64, free: u64) -> u64 {
+    let room = cfg
+        .max_bytes
+        .min(disk.saturating_add(free.saturating_sub(cfg.min_free_bytes)));
+    room.saturating_sub(8 << 20) * 2 / 5
 }
 
 /// Registers the agent's metrics with their help texts.
@@ -637,8 +646,14 @@ impl<S: FrameSink> Shared<S> {
             limit = limit.min(live * 4 / 5);
             b.reason = GapReason::DiskFloor;
         }
-        if disk < max / 10 * 9 && free > floor {
-            limit = normal_live_limit(max).min(limit + limit / 10);
+        let normal = normal_live_limit(&self.cfg, disk, free);
+        if normal < limit {
+            limit = normal;
+            if free.saturating_sub(floor) < max.saturating_sub(disk) {
+                b.reason = GapReason::DiskFloor;
+            }
+        } else if disk < max / 10 * 9 && free > floor {
+            limit = normal.min(limit + limit / 10);
             b.reason = GapReason::Budget;
         }
         b.live_limit = limit.max(1 << 20);
@@ -1038,13 +1053,13 @@ async fn worker<S: FrameSink>(
     }
 }
 
+/// A frame leaving the spool: metadata, payload, and the evicted ranges
+/// (first, last) it announces.
+type Outgoing = (FrameMeta, Arc<Vec<u8>>, Vec<(u64, u64)>);
+
 /// Frames to send from the spool now: only when nothing direct is in flight,
 /// the link is not in back-off, and the frames are durable.
-fn next_to_drain<S: FrameSink>(
-    sh: &Shared<S>,
-    lane: &Lane,
-    in_flight: usize,
-) -> Vec<(FrameMeta, Arc<Vec<u8>>, Vec<(u64, u64)>)> {
+fn next_to_drain<S: FrameSink>(sh: &Shared<S>, lane: &Lane, in_flight: usize) -> Vec<Outgoing> {
     let mut st = lane.state.lock().expect("lane");
     if st.route != Route::Spool || !st.direct.is_empty() || in_flight >= DRAIN_WINDOW_FRAMES {
         return vec![];

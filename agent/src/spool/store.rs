@@ -468,7 +468,7 @@ mod tests {
             seq,
             capture_us: 1000 + seq,
             pts_90k: seq * 3000,
-            keyframe: seq % 10 == 0,
+            keyframe: seq.is_multiple_of(10),
             width: 64,
             height: 64,
             fps: Rational::new(30, 1).unwrap(),
