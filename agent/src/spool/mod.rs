@@ -230,7 +230,7 @@ impl<S: FrameSink> SpoolSink<S> {
             inner,
             budget: Mutex::new(Budget {
                 live_limit: normal_live_limit(cfg, store.disk_bytes(), store.free_bytes()),
-                reason: GapReason::Budget,
+                reason: limit_reason(cfg, store.disk_bytes(), store.free_bytes()),
                 disk: store.disk_bytes(),
                 free: store.free_bytes(),
                 measured_at: Instant::now(),
@@ -424,6 +424,15 @@ fn normal_live_limit(cfg: &SpoolConfig, disk: u64, free: u64) -> u64 {
         .max_bytes
         .min(disk.saturating_add(free.saturating_sub(cfg.min_free_bytes)));
     room.saturating_sub(8 << 20) * 2 / 5
+}
+
+/// Which limit binds: the budget or the free-space floor.
+fn limit_reason(cfg: &SpoolConfig, disk: u64, free: u64) -> GapReason {
+    if free.saturating_sub(cfg.min_free_bytes) < cfg.max_bytes.saturating_sub(disk) {
+        GapReason::DiskFloor
+    } else {
+        GapReason::Budget
+    }
 }
 
 /// Registers the agent's metrics with their help texts.
@@ -649,12 +658,10 @@ impl<S: FrameSink> Shared<S> {
         let normal = normal_live_limit(&self.cfg, disk, free);
         if normal < limit {
             limit = normal;
-            if free.saturating_sub(floor) < max.saturating_sub(disk) {
-                b.reason = GapReason::DiskFloor;
-            }
+            b.reason = limit_reason(&self.cfg, disk, free);
         } else if disk < max / 10 * 9 && free > floor {
             limit = normal.min(limit + limit / 10);
-            b.reason = GapReason::Budget;
+            b.reason = limit_reason(&self.cfg, disk, free);
         }
         b.live_limit = limit.max(1 << 20);
         tracing::debug!(disk, free, live, live_limit = b.live_limit, "spool budget");
