@@ -116,11 +116,41 @@ fn spool_a_60_s_broker_outage_loses_no_frame_and_the_archive_has_them_all() {
     let n = 30 * 85;
     let root = run.dir.path().join("archive");
     let collector = run.collector("collector", root.to_str().unwrap());
-    let agent = edge_agent(&run, &e, &camera("site/outage", w, h, n, true), "");
+    let metrics = free_local_addr();
+    let http = format!("[http]\nlisten = \"{metrics}\"\n");
+    let agent = edge_agent(&run, &e, &camera("site/outage", w, h, n, true), &http);
     std::thread::sleep(Duration::from_secs(10));
     e.link.set_state(LinkState::Refuse);
     let down = Instant::now();
     wait_spooling(&agent);
+    std::thread::sleep(Duration::from_secs(20));
+    // Ops see the backlog while the agent runs: the CLI asks it over its
+    // control socket, and Prometheus scrapes it.
+    let st = spool_status(&run, "site/outage");
+    assert_eq!(st["agent_running"], true, "{st}");
+    assert_eq!(st["cameras"][0]["route"], "spool", "{st}");
+    assert!(u(&st["cameras"][0], "frames") >= 30 * 15, "{st}");
+    assert!(
+        st["cameras"][0]["oldest_age_s"].as_f64().unwrap() >= 15.0,
+        "{st}"
+    );
+    assert_verifies(&run, "site/outage");
+    let text = http_get(&metrics, "/metrics");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}"))
+    };
+    assert!(value("camfleet_agent_spool_bytes") > 1e6, "{text}");
+    assert!(
+        value("camfleet_agent_spool_oldest_age_seconds") >= 15.0,
+        "{text}"
+    );
+    assert!(
+        value("camfleet_agent_frames_spooled_total") >= 450.0,
+        "{text}"
+    );
     std::thread::sleep(Duration::from_secs(60).saturating_sub(down.elapsed()));
     e.link.set_state(LinkState::Up);
     agent.wait_log(Duration::from_secs(60), "the spool to drain", |l| {
@@ -266,6 +296,36 @@ fn ffmpeg_decodes(dir: &Path, name: &str, payload: &[u8]) -> u64 {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn spool_sigterm_during_an_outage_exits_within_10_s_and_the_next_start_drains() {
+    let e = edge();
+    let run = Scenario::new("term-outage", 1);
+    let id = "site/term";
+    let agent = edge_agent(&run, &e, &camera(id, 640, 360, 100_000, true), "");
+    std::thread::sleep(Duration::from_secs(2));
+    e.link.set_state(LinkState::Blackhole);
+    wait_spooling(&agent);
+    std::thread::sleep(Duration::from_secs(2));
+    agent.signal("TERM");
+    let t = Instant::now();
+    let first = agent.wait_summary(Duration::from_secs(10));
+    let took = t.elapsed();
+    eprintln!("stopped {took:?} after SIGTERM: {first}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let encoded = u(&first, "frames_encoded");
+    e.link.set_state(LinkState::Up);
+    let second = edge_agent(&run, &e, &camera(id, 640, 360, 30, true), "")
+        .wait_summary(Duration::from_secs(60));
+    assert_eq!(
+        u(&second, "seq_first"),
+        encoded,
+        "exact sequence after a clean stop: {second}"
+    );
+    let c = check_stream(&read_topic(&run.services, &run.topic), id);
+    assert_eq!((c.first, c.last), (Some(0), Some(encoded + 29)), "{c:?}");
+    assert!(c.missing.is_empty() && c.out_of_order == 0, "{c:?}");
 }
 
 #[test]
@@ -725,4 +785,47 @@ fn spool_a_site_uplink_cut_for_60_s_loses_nothing_and_drains_by_itself() {
     );
     assert_eq!(c.out_of_order, 0, "{c:?}");
     eprintln!("duplicates: {}", c.duplicates);
+}
+
+#[test]
+fn spool_validate_checks_the_spool_directory_and_budget() {
+    let run = Scenario::new("validate", 1);
+    let cam = camera("site/v", 320, 240, 10, false);
+    let file = run.dir.path().join("agent.toml");
+    let validate = |extra: &str| {
+        std::fs::write(&file, run.agent_config(&cam, "", extra)).unwrap();
+        Command::new(binary("camfleet-agent"))
+            .args(["validate", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let ok = validate("");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ok spool"));
+    // A directory that cannot exist (under a regular file).
+    let blocker = run.dir.path().join("a-file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let bad = validate(&format!(
+        "[spool]\ndir = \"{}\"\n",
+        blocker.join("spool").display()
+    ));
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("spool.dir") && err.contains("a-file"), "{err}");
+    // A floor larger than the disk.
+    let bad = validate("[spool]\nmin_free_bytes = 1000000000000000\n");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("spool.min_free_bytes"),
+        "{err}"
+    );
+    // Typos and nonsense are named.
+    let bad = validate("[spool]\nmode = \"sometimes\"\n");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("sometimes"), "{err}");
 }

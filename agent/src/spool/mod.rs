@@ -105,6 +105,8 @@ const DRAIN_WINDOW_FRAMES: usize = 256;
 const CACHE_BYTES: u64 = 32 << 20;
 /// How often budgets and in-flight ages are checked.
 const TICK: Duration = Duration::from_millis(100);
+/// At shutdown, stop waiting for Kafka after this long without an acknowledgement.
+const STALLED: Duration = Duration::from_millis(1500);
 /// How often the real disk usage and free space are measured.
 const MEASURE_EVERY: Duration = Duration::from_secs(1);
 
@@ -276,6 +278,9 @@ impl<S: FrameSink> SpoolSink<S> {
                 .add_gap(first, last, reason);
         }
         sink.shared.ready.send_replace(true);
+        if recovered.quarantined.is_some() {
+            metrics::counter!("camfleet_agent_spool_quarantined_total").increment(1);
+        }
         tracing::info!(
             dir = %dir.display(),
             frames,
@@ -899,15 +904,24 @@ impl<S: FrameSink> FrameSink for SpoolSink<S> {
         let deadline = Instant::now() + timeout;
         let lanes: Vec<Arc<Lane>> = sh.lanes.lock().expect("lanes").values().cloned().collect();
         // Keep sending (direct acks and drains) until everything is in Kafka,
-        // the link is known down, or time is up.
-        while Instant::now() < deadline {
-            let busy = lanes.iter().any(|l| {
+        // the link is known down, nothing has been acknowledged for a while
+        // (a black-holed link), or time is up.
+        let mut best = u64::MAX;
+        let mut progress_at = Instant::now();
+        while Instant::now() < deadline && progress_at.elapsed() < STALLED {
+            let mut outstanding = 0;
+            let busy = lanes.iter().fold(false, |busy, l| {
                 let st = l.state.lock().expect("lane");
+                outstanding += (st.direct.len() + st.ledger.len()) as u64;
                 let link_down = st.retry_at.is_some();
-                !st.direct.is_empty() || (!st.ledger.is_empty() && !link_down)
+                busy || !st.direct.is_empty() || (!st.ledger.is_empty() && !link_down)
             });
             if !busy {
                 break;
+            }
+            if outstanding < best {
+                best = outstanding;
+                progress_at = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

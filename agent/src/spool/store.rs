@@ -141,7 +141,22 @@ fn sled_config(path: &Path) -> sled::Config {
         .mode(sled::Mode::LowSpace)
 }
 
+/// Opens sled, waiting out a lock that a just-dropped handle of this
+/// process still holds (sled's threads release it shortly after the drop).
 fn open_sled(path: &Path) -> Result<sled::Db, String> {
+    let mut tries = 0;
+    loop {
+        match open_sled_once(path) {
+            Err(e) if is_locked(&e) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_sled_once(path: &Path) -> Result<sled::Db, String> {
     let cfg = sled_config(path);
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open())) {
         Ok(Ok(db)) => Ok(db),
@@ -535,6 +550,28 @@ mod tests {
         assert_eq!(r.frames.len(), 1);
         assert!(s.get_frame(&meta(3).camera, 3).unwrap().is_some());
         assert!(!new.exists() && !old.exists());
+    }
+
+    #[test]
+    fn a_bloated_database_is_reclaimed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (s, _) = SledStore::open(dir.path()).unwrap();
+            for seq in 0..1200 {
+                s.put_frame(&meta(seq), &vec![seq as u8; 40_000]).unwrap();
+            }
+            s.flush().unwrap();
+            s.remove_frames(&meta(0).camera, &(0..1190).collect::<Vec<_>>())
+                .unwrap();
+            s.flush().unwrap();
+            assert!(s.disk_bytes() > 40 << 20, "{}", s.disk_bytes());
+        }
+        let (s, r) = SledStore::open(dir.path()).unwrap();
+        let (before, after) = r.reclaimed.expect("reclaim ran");
+        assert!(after < before / 4, "{before} -> {after}");
+        assert_eq!(r.frames.len(), 10);
+        assert!(s.get_frame(&meta(0).camera, 1195).unwrap().is_some());
+        assert!(s.verify().unwrap().is_empty());
     }
 
     fn fs_copy(from: &Path, to: &Path) {

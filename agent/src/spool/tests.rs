@@ -36,7 +36,10 @@ impl FrameSink for FakeKafka {
         evicted: &[RangeInclusive<u64>],
     ) -> Result<AckFuture, SinkError> {
         let fail = self.failing.load(Relaxed);
-        self.sent.lock().unwrap().push((meta.seq, evicted.to_vec(), fail));
+        self.sent
+            .lock()
+            .unwrap()
+            .push((meta.seq, evicted.to_vec(), fail));
         let mut open = self.open.subscribe();
         let seq = meta.seq;
         Ok(Box::pin(async move {
@@ -87,7 +90,11 @@ fn config(mode: SpoolMode) -> SpoolConfig {
 async fn send(sink: &SpoolSink<FakeKafka>, seqs: std::ops::Range<u64>) -> Vec<AckFuture> {
     let mut acks = vec![];
     for s in seqs {
-        acks.push(sink.enqueue(&meta(s), &[0, 0, 0, 1, 0x65], &[]).await.unwrap());
+        acks.push(
+            sink.enqueue(&meta(s), &[0, 0, 0, 1, 0x65], &[])
+                .await
+                .unwrap(),
+        );
     }
     acks
 }
@@ -110,7 +117,13 @@ fn in_order_once(seqs: &[u64]) -> bool {
 async fn outage_mode_sends_directly_while_kafka_keeps_up() {
     let dir = tempfile::tempdir().unwrap();
     let kafka = FakeKafka::new(true);
-    let sink = SpoolSink::open(&config(SpoolMode::Outage), dir.path(), kafka.clone(), Arc::new(SystemClock)).unwrap();
+    let sink = SpoolSink::open(
+        &config(SpoolMode::Outage),
+        dir.path(),
+        kafka.clone(),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
     for ack in send(&sink, 0..20).await {
         assert!(matches!(ack.await.unwrap(), Delivery::Kafka { .. }));
     }
@@ -123,7 +136,13 @@ async fn outage_mode_sends_directly_while_kafka_keeps_up() {
 async fn a_stalled_broker_sends_frames_to_disk_then_they_drain_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let kafka = FakeKafka::new(false);
-    let sink = SpoolSink::open(&config(SpoolMode::Outage), dir.path(), kafka.clone(), Arc::new(SystemClock)).unwrap();
+    let sink = SpoolSink::open(
+        &config(SpoolMode::Outage),
+        dir.path(),
+        kafka.clone(),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
     // Kafka takes frames but never acknowledges: after switch_after_ms the
     // camera spools, including the frames still unacknowledged.
     let mut acks = send(&sink, 0..5).await;
@@ -135,12 +154,22 @@ async fn a_stalled_broker_sends_frames_to_disk_then_they_drain_in_order() {
             spooled += 1;
         }
     }
-    assert_eq!(spooled, 40, "every frame accepted by the spool once Kafka stalled");
-    assert_eq!(kafka.sent_seqs(), (0..5).collect::<Vec<_>>(), "nothing drains past unacknowledged frames");
+    assert_eq!(
+        spooled, 40,
+        "every frame accepted by the spool once Kafka stalled"
+    );
+    assert_eq!(
+        kafka.sent_seqs(),
+        (0..5).collect::<Vec<_>>(),
+        "nothing drains past unacknowledged frames"
+    );
     // Kafka comes back: the five in flight are acknowledged, the rest drain.
     kafka.open.send_replace(true);
     let lane = sink.lane_stats(&meta(0).camera).unwrap();
-    eventually("the spool to drain", || lane.stats.frames_drained.load(Relaxed) == 40).await;
+    eventually("the spool to drain", || {
+        lane.stats.frames_drained.load(Relaxed) == 40
+    })
+    .await;
     assert!(in_order_once(&kafka.sent_seqs()), "{:?}", kafka.sent_seqs());
     assert_eq!(kafka.sent_seqs().len(), 40);
     // And the camera is direct again.
@@ -152,7 +181,13 @@ async fn a_stalled_broker_sends_frames_to_disk_then_they_drain_in_order() {
 async fn a_failed_delivery_is_kept_and_sent_again_before_later_frames() {
     let dir = tempfile::tempdir().unwrap();
     let kafka = FakeKafka::new(true);
-    let sink = SpoolSink::open(&config(SpoolMode::Outage), dir.path(), kafka.clone(), Arc::new(SystemClock)).unwrap();
+    let sink = SpoolSink::open(
+        &config(SpoolMode::Outage),
+        dir.path(),
+        kafka.clone(),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
     kafka.failing.store(true, Relaxed);
     let acks = send(&sink, 0..3).await;
     for ack in acks {
@@ -164,7 +199,10 @@ async fn a_failed_delivery_is_kept_and_sent_again_before_later_frames() {
         ack.await.unwrap();
     }
     let lane = sink.lane_stats(&meta(0).camera).unwrap();
-    eventually("the failed frames to be resent", || lane.stats.frames_drained.load(Relaxed) >= 6).await;
+    eventually("the failed frames to be resent", || {
+        lane.stats.frames_drained.load(Relaxed) >= 6
+    })
+    .await;
     let sent = kafka.sent.lock().unwrap().clone();
     let ok: Vec<u64> = sent.iter().filter(|s| !s.2).map(|s| s.0).collect();
     assert!(sent.iter().any(|s| s.2), "some attempts failed");
@@ -178,10 +216,20 @@ async fn always_mode_writes_every_frame_before_it_is_sent_and_survives_a_restart
     let path = dir.path().to_path_buf();
     // The first "process": its own runtime, dropped with every task in it.
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let kafka = FakeKafka::new(false);
-            let sink = SpoolSink::open(&config(SpoolMode::Always), &path, kafka.clone(), Arc::new(SystemClock)).unwrap();
+            let sink = SpoolSink::open(
+                &config(SpoolMode::Always),
+                &path,
+                kafka.clone(),
+                Arc::new(SystemClock),
+            )
+            .unwrap();
             for ack in send(&sink, 0..12).await {
                 assert_eq!(ack.await.unwrap(), Delivery::Spooled);
             }
@@ -193,19 +241,37 @@ async fn always_mode_writes_every_frame_before_it_is_sent_and_survives_a_restart
     .join()
     .unwrap();
     let kafka = FakeKafka::new(true);
-    let sink = SpoolSink::open(&config(SpoolMode::Always), dir.path(), kafka.clone(), Arc::new(SystemClock)).unwrap();
+    let sink = SpoolSink::open(
+        &config(SpoolMode::Always),
+        dir.path(),
+        kafka.clone(),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
     let lane = sink.lane_stats(&meta(0).camera).unwrap();
-    eventually("the recovered frames to drain", || lane.stats.frames_drained.load(Relaxed) == 12).await;
+    eventually("the recovered frames to drain", || {
+        lane.stats.frames_drained.load(Relaxed) == 12
+    })
+    .await;
     assert_eq!(kafka.sent_seqs(), (0..12).collect::<Vec<_>>());
     let start = sink.open_camera(dir.path(), &meta(0).camera).unwrap();
-    assert_eq!(start.first_seq, 12, "the sequence continues after the spool's high-water mark");
+    assert_eq!(
+        start.first_seq, 12,
+        "the sequence continues after the spool's high-water mark"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evicted_ranges_ride_on_the_next_frame_sent() {
     let dir = tempfile::tempdir().unwrap();
     let kafka = FakeKafka::new(false);
-    let sink = SpoolSink::open(&config(SpoolMode::Outage), dir.path(), kafka.clone(), Arc::new(SystemClock)).unwrap();
+    let sink = SpoolSink::open(
+        &config(SpoolMode::Outage),
+        dir.path(),
+        kafka.clone(),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
     // 0..5 go straight to a stalled Kafka; then the camera spools 5..40
     // (keyframes every 10), and nothing drains past the five in flight.
     let mut acks = send(&sink, 0..5).await;
@@ -216,14 +282,71 @@ async fn evicted_ranges_ride_on_the_next_frame_sent() {
     }
     // The budget is full: the oldest evictable unit is the tail of the GOP
     // whose head is in flight (5..=9), then the next whole GOP (10..=19).
-    assert_eq!(sink.shared.evict_oldest(GapReason::Budget, None).map(|_| ()), Some(()));
-    assert_eq!(sink.shared.evict_oldest(GapReason::Budget, None).map(|_| ()), Some(()));
+    assert_eq!(
+        sink.shared
+            .evict_oldest(GapReason::Budget, None)
+            .map(|_| ()),
+        Some(())
+    );
+    assert_eq!(
+        sink.shared
+            .evict_oldest(GapReason::Budget, None)
+            .map(|_| ()),
+        Some(())
+    );
     kafka.open.send_replace(true);
     let lane = sink.lane_stats(&meta(0).camera).unwrap();
     eventually("the rest to drain", || kafka.sent_seqs().len() == 25).await;
     let sent = kafka.sent.lock().unwrap().clone();
-    assert_eq!(sent.iter().map(|s| s.0).collect::<Vec<_>>(), [0, 1, 2, 3, 4].into_iter().chain(20..40).collect::<Vec<_>>());
+    assert_eq!(
+        sent.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4]
+            .into_iter()
+            .chain(20..40)
+            .collect::<Vec<_>>()
+    );
     assert_eq!(sent[5].1, vec![5..=19], "one merged range on frame 20");
-    assert!(sent.iter().enumerate().all(|(i, s)| i == 5 || s.1.is_empty()));
+    assert!(sent
+        .iter()
+        .enumerate()
+        .all(|(i, s)| i == 5 || s.1.is_empty()));
     assert_eq!(lane.stats.frames_evicted.load(Relaxed), 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_older_than_max_age_are_evicted_whole_gops_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = FakeKafka::new(false);
+    let cfg = SpoolConfig {
+        max_age_s: 10,
+        ..config(SpoolMode::Always)
+    };
+    let sink = SpoolSink::open(&cfg, dir.path(), kafka.clone(), Arc::new(SystemClock)).unwrap();
+    let lane = sink.lane(&meta(0).camera);
+    // Keep the drain away so nothing is in flight.
+    lane.state.lock().unwrap().retry_at = Some(Instant::now() + Duration::from_secs(3600));
+    lane.state.lock().unwrap().route = Route::Spool;
+    let now = SystemClock.now_us();
+    for s in 0..30 {
+        let mut m = meta(s);
+        // 0..20 were captured a minute ago, 20..30 just now.
+        m.capture_us = if s < 20 { now - 60_000_000 } else { now };
+        sink.enqueue(&m, &[0, 0, 0, 1, 0x65], &[])
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    eventually("the old GOPs to be evicted", || {
+        lane.stats.frames_evicted.load(Relaxed) == 20
+    })
+    .await;
+    let st = lane.state.lock().unwrap();
+    assert_eq!(st.ledger.first_seq(), Some(20));
+    let gaps: Vec<_> = st
+        .ledger
+        .pending_gaps()
+        .map(|(f, g)| (f, g.last, g.reason))
+        .collect();
+    assert_eq!(gaps, vec![(0, 19, GapReason::Age)]);
 }
