@@ -257,8 +257,8 @@ fn print_status(s: &serde_json::Value) {
         println!(
             "{:<32} {:>8} {:>12} {:>12} {:>8}  {}",
             c["camera"].as_str().unwrap_or("?"),
-            c["frames"],
-            c["bytes"],
+            c["frames"].as_u64().unwrap_or(0),
+            c["bytes"].as_u64().unwrap_or(0),
             c["oldest_age_s"]
                 .as_f64()
                 .map_or("-".into(), |a| format!("{a:.1}")),

@@ -263,8 +263,8 @@ pub struct AgentKafkaConfig {
     /// Must not exceed the topic's `max.message.bytes` minus headers.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
-    /// How long librdkafka may hold a frame before it counts as failed.
-    /// Until the disk spool lands, a failed frame is logged and counted.
+    /// How long librdkafka retries a frame before it counts as failed; a
+    /// failed frame is kept in the disk spool and sent again from there.
     #[serde(default = "default_delivery_timeout_ms")]
     pub delivery_timeout_ms: u64,
     /// How long records may wait to form a batch (librdkafka `linger.ms`).
