@@ -633,3 +633,14 @@ pub fn check_stream(frames: &[TopicFrame], camera: &str) -> StreamCheck {
     }
     c
 }
+
+/// Frames of one agent run that reached Kafka: acknowledged directly, or
+/// spooled (a slow moment, a broker failover) and drained from the spool.
+pub fn delivered(summary: &serde_json::Value) -> u64 {
+    let get = |k: &str| {
+        summary[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {summary}"))
+    };
+    get("frames_acked") + get("frames_drained")
+}
