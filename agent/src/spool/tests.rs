@@ -10,9 +10,11 @@ use camfleet_shared::wire::{Codec, Rational};
 struct FakeKafka {
     open: watch::Sender<bool>,
     failing: AtomicBool,
-    /// (seq, evicted ranges, whether this attempt failed)
-    sent: Mutex<Vec<(u64, Vec<RangeInclusive<u64>>, bool)>>,
+    sent: Mutex<Vec<Attempt>>,
 }
+
+/// One delivery attempt: (seq, evicted ranges, whether it failed).
+type Attempt = (u64, Vec<RangeInclusive<u64>>, bool);
 
 impl FakeKafka {
     fn new(open: bool) -> Arc<Self> {
@@ -69,7 +71,7 @@ fn meta(seq: u64) -> FrameMeta {
         seq,
         capture_us: SystemClock.now_us(),
         pts_90k: seq * 3000,
-        keyframe: seq % 10 == 0,
+        keyframe: seq.is_multiple_of(10),
         width: 64,
         height: 64,
         fps: Rational::new(30, 1).unwrap(),
