@@ -213,10 +213,15 @@ fn sigkill_during_outage(mode: &str) {
     assert!(u(cam, "frames") >= 60, "{st}");
     assert_verifies(&run, id);
     // Restart while the broker is still away; then it comes back.
-    let more = 90;
+    let more = 300;
     let agent = edge_agent(&run, &e, &camera(id, 640, 360, more, true), &spool);
     std::thread::sleep(Duration::from_secs(2));
     e.link.set_state(LinkState::Up);
+    if mode == "outage" {
+        agent.wait_log(Duration::from_secs(30), "the spool to drain", |l| {
+            l.contains("spool drained")
+        });
+    }
     let summary = agent.wait_summary(Duration::from_secs(60));
     eprintln!("{mode}: spool held up to #{held_last}; second run: {summary}");
     let next = u(&summary, "seq_next");
@@ -251,11 +256,14 @@ fn spool_an_agent_started_with_the_broker_down_spools_then_drains() {
     e.link.set_state(LinkState::Refuse);
     let run = Scenario::new("offline-boot", 1);
     let id = "site/offline";
-    let n = 240;
+    let n = 300;
     let agent = edge_agent(&run, &e, &camera(id, 640, 360, n, true), "");
     wait_spooling(&agent);
     std::thread::sleep(Duration::from_secs(3));
     e.link.set_state(LinkState::Up);
+    agent.wait_log(Duration::from_secs(30), "the spool to drain", |l| {
+        l.contains("spool drained")
+    });
     let summary = agent.wait_summary(Duration::from_secs(60));
     // The first frames waited for the broker too: all of them went via the spool.
     assert!(u(&summary, "frames_spooled") >= 60, "{summary}");

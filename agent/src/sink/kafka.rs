@@ -43,6 +43,9 @@ pub fn producer_config(config: &AgentKafkaConfig) -> ClientConfig {
         )
         // ~10 s of 8 Mbit/s video per camera may wait in memory for the broker.
         .set("queue.buffering.max.kbytes", "65536")
+        // Retry a lost broker at least every second (librdkafka: up to 10 s),
+        // so a spool starts draining within a second of the link returning.
+        .set("reconnect.backoff.max.ms", "1000")
         .set("client.id", "camfleet-agent");
     for (k, v) in &config.connection.librdkafka_options {
         c.set(k, v);
