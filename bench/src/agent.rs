@@ -199,7 +199,7 @@ fn by_name(threads: HashMap<String, (String, u64)>) -> Vec<(String, Duration)> {
     out
 }
 
-fn vm_hwm_kb(status: &str) -> Option<u64> {
+pub fn vm_hwm_kb(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))?

@@ -43,12 +43,25 @@ impl Kafka {
     /// frames all go to one partition anyway, and the tutorial's chunks stay
     /// in order.
     pub async fn fresh_topic(&self, name: &str) -> anyhow::Result<String> {
+        self.fresh_topic_with(name, &[]).await
+    }
+
+    /// [`Self::fresh_topic`] with topic configs (`message.timestamp.type`, ...).
+    pub async fn fresh_topic_with(
+        &self,
+        name: &str,
+        configs: &[(&str, &str)],
+    ) -> anyhow::Result<String> {
         let topic = format!("bench.{name}.{}", SystemClock.now_us() / 1000);
         let rf = self.nodes.clamp(1, 3) as i32;
+        let mut new = NewTopic::new(&topic, 1, TopicReplication::Fixed(rf));
+        for (k, v) in configs {
+            new = new.set(k, v);
+        }
         let res = self
             .admin()?
             .create_topics(
-                &[NewTopic::new(&topic, 1, TopicReplication::Fixed(rf))],
+                &[new],
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
             )
             .await?;

@@ -10,6 +10,7 @@ mod encode;
 mod kafka;
 mod latency;
 mod measure;
+mod spool;
 mod table;
 mod tutorial;
 
@@ -71,6 +72,38 @@ enum Section {
         #[arg(long)]
         agent: Option<PathBuf>,
     },
+    /// The disk spool: drain rate after an outage, write cost against sled and a plain file, disk writes per mode, recovery after SIGKILL.
+    Spool {
+        /// Short runs, a smoke test (about a minute): 30 s backlog, 600
+        /// frames, 6 s per mode, a 200 MB spool.
+        #[arg(long)]
+        quick: bool,
+        /// Backlog to drain, in seconds of 720p30 video [default: 120; quick 30].
+        #[arg(long)]
+        backlog_seconds: Option<u64>,
+        /// Frames each writer writes in the write-cost test [default: 3000; quick 600].
+        #[arg(long)]
+        frames: Option<u64>,
+        /// Seconds the agent runs in each mode [default: 20; quick 6].
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Spool sizes filled for the recovery test, MB [default: 200,1000; quick 200].
+        #[arg(long, value_delimiter = ',')]
+        recovery_mb: Option<Vec<u64>>,
+        /// The agent binary; default: camfleet-agent next to this binary.
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
+    /// (internal, for `spool`) Write frames into a spool until killed.
+    #[command(hide = true)]
+    SpoolFill {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long)]
+        frames_file: PathBuf,
+    },
 }
 
 fn default_agent(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -129,5 +162,29 @@ async fn main() -> anyhow::Result<()> {
             };
             tutorial::run(&kafka, args, results).await
         }
+        Section::Spool {
+            quick,
+            backlog_seconds,
+            frames,
+            seconds,
+            recovery_mb,
+            agent,
+        } => {
+            let kafka = kafka::Kafka::from_env()?;
+            let args = spool::Args {
+                backlog_s: backlog_seconds.unwrap_or(if quick { 30 } else { 120 }),
+                store_frames: frames.unwrap_or(if quick { 600 } else { 3000 }),
+                mode_s: seconds.unwrap_or(if quick { 6 } else { 20 }),
+                recovery_mb: recovery_mb.unwrap_or(if quick { vec![200] } else { vec![200, 1000] }),
+                agent: default_agent(agent)?,
+                work,
+            };
+            spool::run(&kafka, args, results).await
+        }
+        Section::SpoolFill {
+            dir,
+            bytes,
+            frames_file,
+        } => spool::fill(&dir, bytes, &frames_file),
     }
 }
