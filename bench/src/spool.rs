@@ -11,7 +11,8 @@
 //!    copy of the same backlog.
 //! 2. Write cost: the same real encoded frames written through `SledStore`
 //!    (the `SpoolStore` trait), bare sled with the store's sled settings
-//!    (plain inserts, and `put_frame`'s batch), and a plain file with
+//!    (plain inserts, and the store's first layout: frame and high-water key
+//!    in one batch of one tree), and a plain file with
 //!    `fdatasync` (and with `sync_file_range`, which is what sled's flush
 //!    calls), each flushed per frame (`always` mode) and every 6 frames
 //!    (200 ms at 30 fps, the `outage` default).
@@ -765,7 +766,7 @@ impl Writer {
             Writer::Store => "spool store (SledStore::put_frame, SpoolStore::flush)",
             Writer::Sled => "bare sled, store's settings (Db::insert, Db::flush)",
             Writer::SledBatch => {
-                "bare sled, frame + high-water key in one Batch (put_frame's sled calls)"
+                "bare sled, frame + high-water key in one Batch (the store's first layout)"
             }
             Writer::File => "plain file (append + crc32 header, fdatasync)",
             Writer::FileRange => {
@@ -979,7 +980,7 @@ fn write_cost_table(
     t.note(
         "one thread writes unpaced; MB/s counts payload bytes over wall time including every flush",
     );
-    t.note("the spool store's and sled's flush is sled's: on Linux it calls sync_file_range on the log, not fsync/fdatasync (sled 0.34 pagecache/iobuf.rs), which neither commits file metadata nor flushes the drive's write cache; the fdatasync file is the durable peer");
+    t.note("bare sled's flush calls sync_file_range on the log, not fsync/fdatasync (sled 0.34 pagecache/iobuf.rs), which neither commits file metadata nor flushes the drive's write cache, and it never syncs blob files; the spool store's flush adds fdatasync of the log and fsync of new blob files, so it and the fdatasync file are the durable ones");
     t.note("CPU is this whole process (CLOCK_PROCESS_CPUTIME_ID), so sled's own threads count; kernel writeback threads do not");
     t.note("disk writes = this process's write_bytes from /proc/self/io over the loop, over the payload bytes (a partly filled page rewritten after each flush counts again)");
     t.emit(results)
@@ -1335,6 +1336,6 @@ fn recovery_table(rows: &[RecoveryRow], results: Option<&Path>) -> anyhow::Resul
     }
     t.note("open = SledStore::open in this process, what the agent runs first at start (its `spool opened ... ms=` log field); before each open and each read the spool's files are written back and dropped from the page cache (fdatasync + POSIX_FADV_DONTNEED), as after a reboot");
     t.note("read the files = reading every file of the database once, sequentially, cold: the I/O floor of any recovery that looks at all the data");
-    t.note("the reclaim (copy live records to a fresh database) runs when the files exceed 2x the live bytes + 16 MiB");
+    t.note("the reclaim (copy live records to a fresh database) runs when the files exceed 3x the live bytes + 16 MiB");
     t.emit(results)
 }

@@ -520,7 +520,7 @@ fn spool_fifty_sigkills_while_the_broker_flaps_lose_nothing_accepted() {
             l.lines().filter(|l| l.contains("spool opened")).count() > i
         });
         // After every crash recovery (and reclaim), the files stay within
-        // twice the live data plus sled's fixed overhead.
+        // twice the live data plus sled's fixed overhead (no leak piles up).
         let log = agent.log_text();
         let line = log
             .lines()

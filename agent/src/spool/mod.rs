@@ -23,19 +23,19 @@
 //! sequence order. `Spool -> Direct` when the camera has nothing spooled and
 //! nothing in flight.
 //!
-//! # On-disk format (one sled tree; all integers of keys big-endian so keys sort)
+//! # On-disk format (sled; all integers of keys big-endian so keys sort)
 //!
 //! | key                                  | value |
 //! |--------------------------------------|-------|
 //! | `V`                                  | `camfleet-spool/1` |
 //! | `F` camera `\0` seq:u64              | version:u8=1, crc32:u32 LE (of the rest), flags:u8 (bit 0 keyframe), capture_us, pts_90k, epoch: u64 LE, width, height, fps num, fps den: u32 LE, then the Annex-B payload |
-//! | `H` camera                           | highest seq ever spooled for the camera, u64 BE |
+//! | `H` camera (in the tree `high`)      | highest seq ever spooled for the camera, u64 BE |
 //! | `G` camera `\0` first:u64            | evicted range not yet reported: last:u64 LE, reason:u8 (1 budget, 2 age, 3 disk floor) |
 //!
 //! Invariants:
-//! * a frame and its camera's high-water mark are written in one sled batch,
-//!   and sled recovers a prefix of its log, so a durable frame's number is
-//!   never reused (see `sequence.rs`);
+//! * a camera's high-water mark is written before its frame, and sled
+//!   recovers a prefix of its one log, so a durable frame's number is never
+//!   reused (see `sequence.rs`);
 //! * a spooled frame is sent only after the flush that made it durable, so a
 //!   crash never leaves in Kafka a frame the spool and sequence state forgot;
 //! * a frame leaves the spool only after Kafka acknowledged it, or by
@@ -101,8 +101,10 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 /// Frames a lane may have in flight while draining.
 const DRAIN_WINDOW_FRAMES: usize = 256;
-/// Payload bytes kept in memory per lane so draining rarely reads back from disk.
-const CACHE_BYTES: u64 = 32 << 20;
+/// Payload bytes of the newest spooled frames kept in memory per camera, so
+/// `always` mode and short outages drain without reading back from disk
+/// (bounded: RSS on the edge box matters more than drain speed from disk).
+const CACHE_BYTES: u64 = 4 << 20;
 /// How often budgets and in-flight ages are checked.
 const TICK: Duration = Duration::from_millis(100);
 /// At shutdown, stop waiting for Kafka after this long without an acknowledgement.

@@ -18,8 +18,9 @@
 //!    panics, move `db` to `quarantine/<utc>` and open a fresh one.
 //! 4. Scan every record: frames whose header does not parse are deleted and
 //!    counted (the checksum is checked by `verify`, not on every start).
-//! 5. If the files use more than 2x the live bytes plus 16 MiB (sled leaks
-//!    blob files across crash recoveries), copy the live records into
+//! 5. If the files use more than 3x the live bytes plus 16 MiB (sled leaks
+//!    blob files across crash recoveries; a healthy spool is at most about
+//!    2.3x), copy the live records into
 //!    `db.new`, flush, write `db.new/COMPLETE`, swap as in step 1, reopen.
 
 use super::ledger::GapReason;
@@ -92,8 +93,18 @@ pub trait SpoolStore: Send + Sync + 'static {
 
 pub struct SledStore {
     db: sled::Db,
+    /// Per-camera high-water marks, in their own tree: updating a key in the
+    /// frames' tree on every put rewrote its node each time (2.5x the disk
+    /// writes, measured in docs/benchmarks.md).
+    high: sled::Tree,
     dir: PathBuf,
+    /// sled's log file, fsynced after every flush (see [`SledStore::flush`]).
+    log_file: std::fs::File,
+    /// Blob files already fsynced.
+    synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
 }
+
+const HIGH_TREE: &[u8] = b"high";
 
 /// Real bytes used by the files under `dir` (allocated blocks, so sparse
 /// files count what they occupy).
@@ -137,7 +148,7 @@ fn sled_config(path: &Path) -> sled::Config {
         // The spool flushes itself on its own policy (spool/mod.rs).
         .flush_every_ms(None)
         // Frames are read back once; a large cache only costs RSS on the edge box.
-        .cache_capacity(16 << 20)
+        .cache_capacity(8 << 20)
         .mode(sled::Mode::LowSpace)
 }
 
@@ -250,10 +261,7 @@ impl SledStore {
         if !inspect {
             db.insert(record::FORMAT_KEY, record::FORMAT)?;
         }
-        let mut store = Self {
-            db,
-            dir: dir.to_path_buf(),
-        };
+        let mut store = Self::wrap(db, dir)?;
         // Step 4.
         store.scan(&mut recovered, !inspect)?;
         if inspect {
@@ -262,7 +270,7 @@ impl SledStore {
         // Step 5.
         let live: u64 = recovered.frames.iter().map(|f| f.3).sum();
         let disk = store.disk_bytes();
-        if disk > 2 * live + (16 << 20) {
+        if disk > 3 * live + (16 << 20) {
             store = store.reclaim()?;
             recovered.reclaimed = Some((disk, store.disk_bytes()));
             tracing::info!(
@@ -277,6 +285,16 @@ impl SledStore {
 
     fn scan(&self, out: &mut Recovered, delete_damaged: bool) -> Result<(), StoreError> {
         let mut damaged_keys = Vec::new();
+        for item in self.high.iter() {
+            let (k, v) = item?;
+            match (record::parse_key(&k), <[u8; 8]>::try_from(v.as_ref())) {
+                (Ok(Key::High(cam)), Ok(b)) => out.high.push((cam, u64::from_be_bytes(b))),
+                _ => {
+                    tracing::warn!(key = ?k, "damaged high-water record");
+                    out.damaged += 1;
+                }
+            }
+        }
         for item in self.db.iter() {
             let (k, v) = item?;
             match record::parse_key(&k) {
@@ -291,13 +309,9 @@ impl SledStore {
                     Some((last, reason)) => out.gaps.push((cam, first, last, reason)),
                     None => damaged_keys.push(k),
                 },
-                Ok(Key::High(cam)) => match v.as_ref().try_into() {
-                    Ok(b) => out.high.push((cam, u64::from_be_bytes(b))),
-                    Err(_) => damaged_keys.push(k),
-                },
                 Ok(Key::Format) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "unknown spool key deleted");
+                Ok(Key::High(_)) | Err(_) => {
+                    tracing::warn!(key = ?k, "unknown spool key deleted");
                     damaged_keys.push(k);
                 }
             }
@@ -323,7 +337,28 @@ impl SledStore {
             let (k, v) = item?;
             fresh.insert(k, v)?;
         }
+        let fresh_high = fresh.open_tree(HIGH_TREE)?;
+        for item in self.high.iter() {
+            let (k, v) = item?;
+            fresh_high.insert(k, v)?;
+        }
         fresh.flush()?;
+        // The tree keeps the database open (and locked) until it is dropped.
+        drop(fresh_high);
+        // sled's flush does not fsync (sync_file_range, and nothing for blobs).
+        std::fs::File::open(new.join("db"))
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_err(&new, e))?;
+        for e in std::fs::read_dir(new.join("blobs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            std::fs::File::open(e.path())
+                .and_then(|f| f.sync_all())
+                .map_err(|err| io_err(&e.path(), err))?;
+        }
+        sync_dir(&new.join("blobs")).ok();
         drop(fresh);
         std::fs::write(new.join("COMPLETE"), b"").map_err(|e| io_err(&new, e))?;
         sync_dir(&new)?;
@@ -335,13 +370,62 @@ impl SledStore {
         std::fs::remove_dir_all(&old).map_err(|e| io_err(&old, e))?;
         let _ = std::fs::remove_file(db_path.join("COMPLETE"));
         let db = open_sled(&db_path).map_err(|e| io_err(&db_path, e))?;
-        Ok(Self { db, dir })
+        Self::wrap(db, &dir)
+    }
+
+    fn wrap(db: sled::Db, dir: &Path) -> Result<Self, StoreError> {
+        let log = dir.join("db").join("db");
+        Ok(Self {
+            high: db.open_tree(HIGH_TREE)?,
+            db,
+            dir: dir.to_path_buf(),
+            log_file: std::fs::File::open(&log).map_err(|e| io_err(&log, e))?,
+            synced_blobs: Default::default(),
+        })
+    }
+
+    /// fsyncs blob files sled wrote since the last call, and their directory.
+    /// sled 0.34 writes blobs (large nodes) with no sync at all.
+    fn sync_blobs(&self) -> Result<(), StoreError> {
+        let blobs = self.dir.join("db").join("blobs");
+        let Ok(rd) = std::fs::read_dir(&blobs) else {
+            return Ok(());
+        };
+        let mut synced = self.synced_blobs.lock().expect("blob set");
+        let mut present = std::collections::HashSet::new();
+        let mut new = false;
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if !synced.contains(&name) {
+                match std::fs::File::open(e.path()).and_then(|f| f.sync_all()) {
+                    Ok(()) => new = true,
+                    // Deleted by sled meanwhile: nothing to make durable.
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(err) => return Err(io_err(&e.path(), err)),
+                }
+            }
+            present.insert(name);
+        }
+        *synced = present;
+        if new {
+            sync_dir(&blobs)?;
+        }
+        Ok(())
     }
 
     fn verify_records(&self) -> Result<Vec<String>, StoreError> {
         let mut problems = Vec::new();
         let mut max_frame: std::collections::HashMap<CameraId, u64> = Default::default();
         let mut high: std::collections::HashMap<CameraId, u64> = Default::default();
+        for item in self.high.iter() {
+            let (k, v) = item?;
+            match (record::parse_key(&k), <[u8; 8]>::try_from(v.as_ref())) {
+                (Ok(Key::High(cam)), Ok(b)) => {
+                    high.insert(cam, u64::from_be_bytes(b));
+                }
+                _ => problems.push(format!("high-water record {k:?}: malformed")),
+            }
+        }
         for item in self.db.iter() {
             let (k, v) = item?;
             match record::parse_key(&k) {
@@ -356,12 +440,9 @@ impl SledStore {
                     Some((last, _)) if last >= first => {}
                     _ => problems.push(format!("gap record {cam} #{first}: malformed")),
                 },
-                Ok(Key::High(cam)) => match <[u8; 8]>::try_from(v.as_ref()) {
-                    Ok(b) => {
-                        high.insert(cam, u64::from_be_bytes(b));
-                    }
-                    Err(_) => problems.push(format!("high-water record {cam}: malformed")),
-                },
+                Ok(Key::High(cam)) => {
+                    problems.push(format!("high-water record of {cam} in the frames tree"))
+                }
                 Ok(Key::Format) if v.as_ref() != record::FORMAT => problems.push(format!(
                     "format marker {:?}, expected {:?}",
                     String::from_utf8_lossy(&v),
@@ -393,16 +474,16 @@ impl SpoolStore for SledStore {
         let value = record::encode_frame(meta, payload);
         let bytes = (key.len() + value.len()) as u64;
         let hk = record::high_key(&meta.camera);
-        let high = match self.db.get(&hk)? {
+        let high = match self.high.get(&hk)? {
             Some(v) => <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes),
             None => 0,
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(key, value);
+        // The mark first: sled recovers a prefix of its log (one log for
+        // all trees), so a recovered frame always has its mark.
         if meta.seq >= high {
-            batch.insert(hk, &meta.seq.to_be_bytes());
+            self.high.insert(hk, &meta.seq.to_be_bytes())?;
         }
-        self.db.apply_batch(batch)?;
+        self.db.insert(key, value)?;
         Ok(bytes)
     }
 
@@ -454,9 +535,16 @@ impl SpoolStore for SledStore {
         Ok(self.db.apply_batch(batch)?)
     }
 
+    /// sled's own flush writes its log with `sync_file_range`, which saves
+    /// neither metadata nor the drive's cache, and never syncs blob files;
+    /// a power cut could lose what it called durable. So: flush, then
+    /// fdatasync the log and fsync new blob files.
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
-        Ok(())
+        self.log_file
+            .sync_data()
+            .map_err(|e| io_err(&self.dir.join("db/db"), e))?;
+        self.sync_blobs()
     }
 
     fn disk_bytes(&self) -> u64 {
