@@ -604,6 +604,30 @@ mod tests {
     }
 
     #[test]
+    fn verify_names_damaged_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = SledStore::open(dir.path()).unwrap();
+        s.put_frame(&meta(1), b"good").unwrap();
+        let mut bad = record::encode_frame(&meta(2), b"payload");
+        *bad.last_mut().unwrap() ^= 0xff;
+        s.db.insert(record::frame_key(&meta(2).camera, 2), bad)
+            .unwrap();
+        s.high
+            .insert(record::high_key(&meta(2).camera), &2u64.to_be_bytes())
+            .unwrap();
+        s.db.insert(b"Xjunk", b"?").unwrap();
+        let problems = s.verify().unwrap();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("s/c #2") && problems[0].contains("checksum"),
+            "{problems:?}"
+        );
+        assert!(problems[1].contains("not a spool key"), "{problems:?}");
+        // Reading the damaged frame back to send it is an error, not bad video.
+        assert!(s.get_frame(&meta(2).camera, 2).is_err());
+    }
+
+    #[test]
     fn garbage_database_is_quarantined_and_a_fresh_one_opens() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("db");
