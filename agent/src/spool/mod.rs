@@ -53,17 +53,20 @@
 //! be lowered by evicting. The spool therefore limits the *live* bytes (the
 //! frames it holds) to `live_limit`, and sets that limit from what it
 //! measures every second so the files stay within `max_bytes`:
-//! * its normal value is `(room - 8 MiB) / 2.5`, where `room` is the lesser
+//! * its normal value is `(room - 8 MiB) / 3`, where `room` is the lesser
 //!   of `max_bytes` and the database's size plus the free space above
 //!   `min_free_bytes`: measured here with
 //!   H.264 frames under continuous churn (insert newest, evict oldest),
-//!   sled's files reach 1.5-2.2x the live bytes plus about 6 MiB, the
-//!   upper end when IDR frames land in sled's blob files (docs/spool.md);
-//! * when the files grow past `max_bytes` anyway, it drops by the overshoot;
+//!   sled's files reach 1.5-2.2x the live bytes plus about 6 MiB at camera
+//!   rates, up to 3x when churning at 15x real time (docs/spool.md);
+//! * when the files grow anyway past 80% of `max_bytes` (sled cleans old
+//!   segments with a lag, so fast churn grows the files for a while), it
+//!   drops below the live bytes by the growth;
 //!   when free space is below `min_free_bytes` and still falling, it drops
 //!   to 80% of the live bytes (reason `disk_floor`);
-//! * it climbs back to its normal value by at most 10% per second once the
-//!   files are below 90% of `max_bytes` and free space is above the floor;
+//! * it climbs back toward its normal value by 10% per second while the
+//!   files do not grow (sled is reusing freed space) and free space is above
+//!   the floor;
 //! * frames older than `max_age_s` are evicted regardless.
 //!
 //! A frame that does not fit evicts whole oldest GOPs until it does. The
@@ -430,7 +433,7 @@ fn normal_live_limit(cfg: &SpoolConfig, disk: u64, free: u64) -> u64 {
     let room = cfg
         .max_bytes
         .min(disk.saturating_add(free.saturating_sub(cfg.min_free_bytes)));
-    room.saturating_sub(8 << 20) * 2 / 5
+    room.saturating_sub(8 << 20) / 3
 }
 
 /// Which limit binds: the budget or the free-space floor.
@@ -654,9 +657,17 @@ impl<S: FrameSink> Shared<S> {
         let mut b = self.budget.lock().expect("budget");
         let (grew, falling) = (disk > b.disk, free < b.free);
         let mut limit = b.live_limit;
-        if disk > max && grew {
-            limit = limit.saturating_sub(disk - max);
+        // sled cleans old segments with a lag, so under fast churn its files
+        // keep growing for a while after the live data stops growing: from
+        // 80% of the budget on, growth takes the limit below the live bytes
+        // by as much. Files that did not grow reuse freed space: the limit
+        // may climb back, 10% per measurement.
+        let growth = disk.saturating_sub(b.disk);
+        if disk > max / 5 * 4 && grew {
+            limit = limit.min(live.saturating_sub(growth));
             b.reason = GapReason::Budget;
+        } else if !grew && free > floor {
+            limit += limit / 10;
         }
         if free < floor && falling {
             limit = limit.min(live * 4 / 5);
@@ -665,9 +676,6 @@ impl<S: FrameSink> Shared<S> {
         let normal = normal_live_limit(&self.cfg, disk, free);
         if normal < limit {
             limit = normal;
-            b.reason = limit_reason(&self.cfg, disk, free);
-        } else if disk < max / 10 * 9 && free > floor {
-            limit = normal.min(limit + limit / 10);
             b.reason = limit_reason(&self.cfg, disk, free);
         }
         b.live_limit = limit.max(1 << 20);
