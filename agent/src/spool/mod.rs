@@ -69,8 +69,10 @@
 //!   the floor;
 //! * frames older than `max_age_s` are evicted regardless.
 //!
-//! A frame that does not fit evicts whole oldest GOPs until it does. The
-//! start-up reclaim (store.rs step 5) gives back what crash recoveries leak.
+//! A frame that does not fit evicts whole oldest GOPs until it does. When
+//! the files near `max_bytes` are mostly garbage (over 3x the live bytes),
+//! the store rewrites its live records into fresh files, as at start
+//! (store.rs step 5), which also gives back what crash recoveries leak.
 //!
 //! # Flush policy
 //!
@@ -1002,6 +1004,26 @@ async fn keeper<S: FrameSink>(sh: Arc<Shared<S>>) {
                     .await
                     .unwrap_or((0, u64::MAX));
             sh.remeasure(disk, free);
+            // sled's files only grow while open; when they are mostly
+            // garbage near the budget, rewrite the live records (a pause of
+            // the store proportional to the live data).
+            let live = sh.live_bytes();
+            if disk > sh.cfg.max_bytes / 10 * 9 && disk > 3 * live + (16 << 20) {
+                let store = sh.store.clone();
+                match tokio::task::spawn_blocking(move || store.reclaim()).await {
+                    Ok(Ok((before, after))) => {
+                        tracing::info!(
+                            before,
+                            after,
+                            live,
+                            "spool files rewritten to give back space"
+                        );
+                        sh.remeasure(after, free + before.saturating_sub(after));
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "spool reclaim failed"),
+                    Err(e) => tracing::error!(error = %e, "spool reclaim task failed"),
+                }
+            }
             metrics::gauge!("camfleet_agent_spool_bytes").set(disk as f64);
             metrics::gauge!("camfleet_agent_spool_free_bytes").set(free as f64);
         }

@@ -89,19 +89,42 @@ pub trait SpoolStore: Send + Sync + 'static {
     fn free_bytes(&self) -> u64;
     /// Checks every record (checksums included); one line per problem.
     fn verify(&self) -> Result<Vec<String>, StoreError>;
+    /// Rewrites the live records into fresh files (bytes before, after).
+    fn reclaim(&self) -> Result<(u64, u64), StoreError>;
 }
 
 pub struct SledStore {
+    /// `None` only while a reclaim swaps the database.
+    handles: std::sync::RwLock<Option<Handles>>,
+    dir: PathBuf,
+    /// Blob files already fsynced.
+    synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
+}
+
+struct Handles {
     db: sled::Db,
     /// Per-camera high-water marks, in their own tree: updating a key in the
     /// frames' tree on every put rewrote its node each time (2.5x the disk
     /// writes, measured in docs/benchmarks.md).
     high: sled::Tree,
-    dir: PathBuf,
     /// sled's log file, fsynced after every flush (see [`SledStore::flush`]).
     log_file: std::fs::File,
-    /// Blob files already fsynced.
-    synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
+}
+
+impl Handles {
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = open_sled(path).map_err(|e| io_err(path, e))?;
+        Self::wrap(db, path)
+    }
+
+    fn wrap(db: sled::Db, path: &Path) -> Result<Self, StoreError> {
+        let log = path.join("db");
+        Ok(Self {
+            high: db.open_tree(HIGH_TREE)?,
+            db,
+            log_file: std::fs::File::open(&log).map_err(|e| io_err(&log, e))?,
+        })
+    }
 }
 
 const HIGH_TREE: &[u8] = b"high";
@@ -261,7 +284,11 @@ impl SledStore {
         if !inspect {
             db.insert(record::FORMAT_KEY, record::FORMAT)?;
         }
-        let mut store = Self::wrap(db, dir)?;
+        let store = Self {
+            handles: std::sync::RwLock::new(Some(Handles::wrap(db, &dir.join("db"))?)),
+            dir: dir.to_path_buf(),
+            synced_blobs: Default::default(),
+        };
         // Step 4.
         store.scan(&mut recovered, !inspect)?;
         if inspect {
@@ -271,21 +298,30 @@ impl SledStore {
         let live: u64 = recovered.frames.iter().map(|f| f.3).sum();
         let disk = store.disk_bytes();
         if disk > 3 * live + (16 << 20) {
-            store = store.reclaim()?;
-            recovered.reclaimed = Some((disk, store.disk_bytes()));
-            tracing::info!(
-                before = disk,
-                after = store.disk_bytes(),
-                live,
-                "spool reclaimed disk space"
-            );
+            recovered.reclaimed = Some(store.reclaim_now()?);
         }
         Ok((store, recovered))
     }
 
+    /// Runs `f` with the open database (waits out a reclaim swap).
+    fn with<T>(&self, f: impl FnOnce(&Handles) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let guard = self.handles.read().expect("store lock");
+        f(guard
+            .as_ref()
+            .expect("the database is open outside a reclaim"))
+    }
+
     fn scan(&self, out: &mut Recovered, delete_damaged: bool) -> Result<(), StoreError> {
+        self.with(|h| Self::scan_handles(h, out, delete_damaged))
+    }
+
+    fn scan_handles(
+        h: &Handles,
+        out: &mut Recovered,
+        delete_damaged: bool,
+    ) -> Result<(), StoreError> {
         let mut damaged_keys = Vec::new();
-        for item in self.high.iter() {
+        for item in h.high.iter() {
             let (k, v) = item?;
             match (record::parse_key(&k), <[u8; 8]>::try_from(v.as_ref())) {
                 (Ok(Key::High(cam)), Ok(b)) => out.high.push((cam, u64::from_be_bytes(b))),
@@ -295,7 +331,7 @@ impl SledStore {
                 }
             }
         }
-        for item in self.db.iter() {
+        for item in h.db.iter() {
             let (k, v) = item?;
             match record::parse_key(&k) {
                 Ok(Key::Frame(cam, seq)) => match record::decode_frame(&cam, seq, &v, false) {
@@ -319,32 +355,45 @@ impl SledStore {
         out.damaged += damaged_keys.len() as u64;
         if delete_damaged {
             for k in damaged_keys {
-                self.db.remove(k)?;
+                h.db.remove(k)?;
             }
         }
         Ok(())
     }
 
-    /// Copies the live records into a fresh database and swaps it in.
-    fn reclaim(self) -> Result<Self, StoreError> {
+    /// Copies the live records into a fresh database and swaps it in (the
+    /// store's step 5, also run while the agent runs when the files are
+    /// mostly garbage). Blocks every other store call meanwhile. Returns
+    /// the bytes on disk before and after.
+    pub fn reclaim_now(&self) -> Result<(u64, u64), StoreError> {
+        let before = self.disk_bytes();
         let (db_path, new, old) = (
             self.dir.join("db"),
             self.dir.join("db.new"),
             self.dir.join("db.old"),
         );
-        let fresh = open_sled(&new).map_err(|e| io_err(&new, e))?;
-        for item in self.db.iter() {
-            let (k, v) = item?;
-            fresh.insert(k, v)?;
+        let mut guard = self.handles.write().expect("store lock");
+        {
+            let h = guard.as_ref().expect("open");
+            h.db.flush()?;
+            if new.exists() {
+                std::fs::remove_dir_all(&new).map_err(|e| io_err(&new, e))?;
+            }
+            let fresh = open_sled(&new).map_err(|e| io_err(&new, e))?;
+            for item in h.db.iter() {
+                let (k, v) = item?;
+                fresh.insert(k, v)?;
+            }
+            let fresh_high = fresh.open_tree(HIGH_TREE)?;
+            for item in h.high.iter() {
+                let (k, v) = item?;
+                fresh_high.insert(k, v)?;
+            }
+            fresh.flush()?;
+            // The tree keeps the database open (and locked) until it is dropped.
+            drop(fresh_high);
+            drop(fresh);
         }
-        let fresh_high = fresh.open_tree(HIGH_TREE)?;
-        for item in self.high.iter() {
-            let (k, v) = item?;
-            fresh_high.insert(k, v)?;
-        }
-        fresh.flush()?;
-        // The tree keeps the database open (and locked) until it is dropped.
-        drop(fresh_high);
         // sled's flush does not fsync (sync_file_range, and nothing for blobs).
         std::fs::File::open(new.join("db"))
             .and_then(|f| f.sync_all())
@@ -359,29 +408,20 @@ impl SledStore {
                 .map_err(|err| io_err(&e.path(), err))?;
         }
         sync_dir(&new.join("blobs")).ok();
-        drop(fresh);
         std::fs::write(new.join("COMPLETE"), b"").map_err(|e| io_err(&new, e))?;
         sync_dir(&new)?;
-        let dir = self.dir.clone();
-        drop(self);
+        *guard = None; // closes the old database
         std::fs::rename(&db_path, &old).map_err(|e| io_err(&db_path, e))?;
         std::fs::rename(&new, &db_path).map_err(|e| io_err(&new, e))?;
-        sync_dir(&dir)?;
+        sync_dir(&self.dir)?;
         std::fs::remove_dir_all(&old).map_err(|e| io_err(&old, e))?;
         let _ = std::fs::remove_file(db_path.join("COMPLETE"));
-        let db = open_sled(&db_path).map_err(|e| io_err(&db_path, e))?;
-        Self::wrap(db, &dir)
-    }
-
-    fn wrap(db: sled::Db, dir: &Path) -> Result<Self, StoreError> {
-        let log = dir.join("db").join("db");
-        Ok(Self {
-            high: db.open_tree(HIGH_TREE)?,
-            db,
-            dir: dir.to_path_buf(),
-            log_file: std::fs::File::open(&log).map_err(|e| io_err(&log, e))?,
-            synced_blobs: Default::default(),
-        })
+        *guard = Some(Handles::open(&db_path)?);
+        drop(guard);
+        self.synced_blobs.lock().expect("blob set").clear();
+        let after = self.disk_bytes();
+        tracing::info!(before, after, "spool reclaimed disk space");
+        Ok((before, after))
     }
 
     /// fsyncs blob files sled wrote since the last call, and their directory.
@@ -414,10 +454,14 @@ impl SledStore {
     }
 
     fn verify_records(&self) -> Result<Vec<String>, StoreError> {
+        self.with(Self::verify_handles)
+    }
+
+    fn verify_handles(h: &Handles) -> Result<Vec<String>, StoreError> {
         let mut problems = Vec::new();
         let mut max_frame: std::collections::HashMap<CameraId, u64> = Default::default();
         let mut high: std::collections::HashMap<CameraId, u64> = Default::default();
-        for item in self.high.iter() {
+        for item in h.high.iter() {
             let (k, v) = item?;
             match (record::parse_key(&k), <[u8; 8]>::try_from(v.as_ref())) {
                 (Ok(Key::High(cam)), Ok(b)) => {
@@ -426,7 +470,7 @@ impl SledStore {
                 _ => problems.push(format!("high-water record {k:?}: malformed")),
             }
         }
-        for item in self.db.iter() {
+        for item in h.db.iter() {
             let (k, v) = item?;
             match record::parse_key(&k) {
                 Ok(Key::Frame(cam, seq)) => {
@@ -474,17 +518,19 @@ impl SpoolStore for SledStore {
         let value = record::encode_frame(meta, payload);
         let bytes = (key.len() + value.len()) as u64;
         let hk = record::high_key(&meta.camera);
-        let high = match self.high.get(&hk)? {
-            Some(v) => <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes),
-            None => 0,
-        };
-        // The mark first: sled recovers a prefix of its log (one log for
-        // all trees), so a recovered frame always has its mark.
-        if meta.seq >= high {
-            self.high.insert(hk, &meta.seq.to_be_bytes())?;
-        }
-        self.db.insert(key, value)?;
-        Ok(bytes)
+        self.with(|h| {
+            let high = match h.high.get(&hk)? {
+                Some(v) => <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes),
+                None => 0,
+            };
+            // The mark first: sled recovers a prefix of its log (one log for
+            // all trees), so a recovered frame always has its mark.
+            if meta.seq >= high {
+                h.high.insert(hk, &meta.seq.to_be_bytes())?;
+            }
+            h.db.insert(key, value)?;
+            Ok(bytes)
+        })
     }
 
     fn get_frame(
@@ -492,7 +538,7 @@ impl SpoolStore for SledStore {
         camera: &CameraId,
         seq: u64,
     ) -> Result<Option<(FrameMeta, Vec<u8>)>, StoreError> {
-        let Some(v) = self.db.get(record::frame_key(camera, seq))? else {
+        let Some(v) = self.with(|h| Ok(h.db.get(record::frame_key(camera, seq))?))? else {
             return Ok(None);
         };
         let h = record::decode_frame(camera, seq, &v, true).map_err(|e| StoreError::Io {
@@ -510,7 +556,7 @@ impl SpoolStore for SledStore {
         for s in seqs {
             batch.remove(record::frame_key(camera, *s));
         }
-        Ok(self.db.apply_batch(batch)?)
+        self.with(|h| Ok(h.db.apply_batch(batch)?))
     }
 
     fn put_gap(
@@ -520,11 +566,13 @@ impl SpoolStore for SledStore {
         last: u64,
         reason: GapReason,
     ) -> Result<(), StoreError> {
-        self.db.insert(
-            record::gap_key(camera, first),
-            record::encode_gap(last, reason),
-        )?;
-        Ok(())
+        self.with(|h| {
+            h.db.insert(
+                record::gap_key(camera, first),
+                record::encode_gap(last, reason),
+            )?;
+            Ok(())
+        })
     }
 
     fn remove_gaps(&self, camera: &CameraId, firsts: &[u64]) -> Result<(), StoreError> {
@@ -532,7 +580,7 @@ impl SpoolStore for SledStore {
         for f in firsts {
             batch.remove(record::gap_key(camera, *f));
         }
-        Ok(self.db.apply_batch(batch)?)
+        self.with(|h| Ok(h.db.apply_batch(batch)?))
     }
 
     /// sled's own flush writes its log with `sync_file_range`, which saves
@@ -540,11 +588,13 @@ impl SpoolStore for SledStore {
     /// a power cut could lose what it called durable. So: flush, then
     /// fdatasync the log and fsync new blob files.
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        self.log_file
-            .sync_data()
-            .map_err(|e| io_err(&self.dir.join("db/db"), e))?;
-        self.sync_blobs()
+        self.with(|h| {
+            h.db.flush()?;
+            h.log_file
+                .sync_data()
+                .map_err(|e| io_err(&self.dir.join("db/db"), e))?;
+            self.sync_blobs()
+        })
     }
 
     fn disk_bytes(&self) -> u64 {
@@ -557,6 +607,10 @@ impl SpoolStore for SledStore {
 
     fn verify(&self) -> Result<Vec<String>, StoreError> {
         self.verify_records()
+    }
+
+    fn reclaim(&self) -> Result<(u64, u64), StoreError> {
+        self.reclaim_now()
     }
 }
 
@@ -610,12 +664,14 @@ mod tests {
         s.put_frame(&meta(1), b"good").unwrap();
         let mut bad = record::encode_frame(&meta(2), b"payload");
         *bad.last_mut().unwrap() ^= 0xff;
-        s.db.insert(record::frame_key(&meta(2).camera, 2), bad)
-            .unwrap();
-        s.high
-            .insert(record::high_key(&meta(2).camera), &2u64.to_be_bytes())
-            .unwrap();
-        s.db.insert(b"Xjunk", b"?").unwrap();
+        s.with(|h| {
+            h.db.insert(record::frame_key(&meta(2).camera, 2), bad)?;
+            h.high
+                .insert(record::high_key(&meta(2).camera), &2u64.to_be_bytes())?;
+            h.db.insert(b"Xjunk", b"?")?;
+            Ok(())
+        })
+        .unwrap();
         let problems = s.verify().unwrap();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(
@@ -684,6 +740,31 @@ mod tests {
         assert_eq!(r.frames.len(), 10);
         assert!(s.get_frame(&meta(0).camera, 1195).unwrap().is_some());
         assert!(s.verify().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_running_store_reclaims_in_place_and_keeps_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = SledStore::open(dir.path()).unwrap();
+        for seq in 0..600 {
+            s.put_frame(&meta(seq), &vec![seq as u8; 40_000]).unwrap();
+        }
+        s.remove_frames(&meta(0).camera, &(0..590).collect::<Vec<_>>())
+            .unwrap();
+        s.flush().unwrap();
+        let (before, after) = s.reclaim_now().unwrap();
+        assert!(after < before / 2, "{before} -> {after}");
+        for seq in 590..600 {
+            let (m, p) = s.get_frame(&meta(0).camera, seq).unwrap().unwrap();
+            assert_eq!((m, p), (meta(seq), vec![seq as u8; 40_000]));
+        }
+        s.put_frame(&meta(600), b"after").unwrap();
+        s.flush().unwrap();
+        assert!(s.verify().unwrap().is_empty());
+        drop(s);
+        let (_, r) = SledStore::open(dir.path()).unwrap();
+        assert_eq!(r.frames.len(), 11);
+        assert_eq!(r.high, vec![(meta(0).camera, 600)]);
     }
 
     fn fs_copy(from: &Path, to: &Path) {
