@@ -261,28 +261,13 @@ impl<S: FrameSink> SpoolSink<S> {
         for (cam, high) in &recovered.high {
             sink.lane(cam).state.lock().expect("lane").high = Some(*high);
         }
-        for (cam, seq, h, bytes) in recovered.frames {
+        for (cam, ledger) in recovered_ledgers(recovered.frames, recovered.gaps) {
             let lane = sink.lane(&cam);
             let mut st = lane.state.lock().expect("lane");
-            st.route = Route::Spool;
-            st.ledger.insert(
-                seq,
-                Entry {
-                    bytes,
-                    keyframe: h.keyframe,
-                    capture_us: h.capture_us,
-                    gen: 0,
-                    in_flight: false,
-                },
-            );
-        }
-        for (cam, first, last, reason) in recovered.gaps {
-            sink.lane(&cam)
-                .state
-                .lock()
-                .expect("lane")
-                .ledger
-                .add_gap(first, last, reason);
+            if !ledger.is_empty() {
+                st.route = Route::Spool;
+            }
+            st.ledger = ledger;
         }
         sink.shared.ready.send_replace(true);
         if recovered.quarantined.is_some() {
@@ -382,39 +367,23 @@ impl<S: FrameSink> SpoolSink<S> {
 
     /// The status report (`camfleet-agent spool status`).
     pub fn status(&self) -> serde_json::Value {
-        let lanes: Vec<Arc<Lane>> = self
-            .shared
-            .lanes
-            .lock()
-            .expect("lanes")
-            .values()
-            .cloned()
-            .collect();
+        let lanes = self.shared.lanes();
         let now = self.shared.clock.now_us();
         let mut cams = Vec::new();
         for lane in lanes {
             let st = lane.state.lock().expect("lane");
-            cams.push(CameraStatus {
-                camera: lane.camera.to_string(),
-                frames: st.ledger.len() as u64,
-                bytes: st.ledger.live_bytes(),
-                oldest_age_s: st
-                    .ledger
-                    .oldest_capture_us()
-                    .map(|t| now.saturating_sub(t) as f64 / 1e6),
-                first_seq: st.ledger.first_seq(),
-                last_seq: st.ledger.last_seq(),
-                evicted_pending: st
-                    .ledger
-                    .pending_gaps()
-                    .map(|(f, g)| (f, g.last, g.reason))
-                    .collect(),
-                route: Some(match st.route {
-                    Route::Direct => "direct",
-                    Route::Spool => "spool",
-                }),
-                frames_evicted: Some(lane.stats.frames_evicted.load(Relaxed)),
-            });
+            let route = match st.route {
+                Route::Direct => "direct",
+                Route::Spool => "spool",
+            };
+            let evicted = lane.stats.frames_evicted.load(Relaxed);
+            cams.push(CameraStatus::of(
+                &lane.camera,
+                &st.ledger,
+                now,
+                Some(route),
+                Some(evicted),
+            ));
         }
         status_json(&self.shared.dir, self.shared.store.disk_bytes(), true, cams)
     }
@@ -491,18 +460,13 @@ pub struct CameraStatus {
     pub frames_evicted: Option<u64>,
 }
 
-/// Status and problems of a spool no agent holds open.
-pub fn inspect(dir: &Path) -> Result<(serde_json::Value, Vec<String>), StoreError> {
-    let (store, rec) = SledStore::inspect(dir)?;
-    let mut problems = store.verify()?;
-    if rec.damaged > 0 {
-        problems.push(format!("{} records cannot be parsed", rec.damaged));
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
+/// Rebuilds each camera's ledger from what the store recovered (all durable).
+fn recovered_ledgers(
+    frames: Vec<(CameraId, u64, record::FrameHeader, u64)>,
+    gaps: Vec<(CameraId, u64, u64, GapReason)>,
+) -> HashMap<CameraId, CameraLedger> {
     let mut by_cam: HashMap<CameraId, CameraLedger> = HashMap::new();
-    for (cam, seq, h, bytes) in rec.frames {
+    for (cam, seq, h, bytes) in frames {
         by_cam.entry(cam).or_default().insert(
             seq,
             Entry {
@@ -514,29 +478,54 @@ pub fn inspect(dir: &Path) -> Result<(serde_json::Value, Vec<String>), StoreErro
             },
         );
     }
-    for (cam, first, last, reason) in rec.gaps {
+    for (cam, first, last, reason) in gaps {
         by_cam.entry(cam).or_default().add_gap(first, last, reason);
     }
-    let cams = by_cam
+    by_cam
+}
+
+/// Status and problems of a spool no agent holds open.
+pub fn inspect(dir: &Path) -> Result<(serde_json::Value, Vec<String>), StoreError> {
+    let (store, rec) = SledStore::inspect(dir)?;
+    let mut problems = store.verify()?;
+    if rec.damaged > 0 {
+        problems.push(format!("{} records cannot be parsed", rec.damaged));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let cams = recovered_ledgers(rec.frames, rec.gaps)
         .into_iter()
-        .map(|(cam, l)| CameraStatus {
-            camera: cam.to_string(),
+        .map(|(cam, l)| CameraStatus::of(&cam, &l, now, None, None))
+        .collect();
+    Ok((status_json(dir, store.disk_bytes(), false, cams), problems))
+}
+
+impl CameraStatus {
+    fn of(
+        camera: &CameraId,
+        l: &CameraLedger,
+        now_us: u64,
+        route: Option<&'static str>,
+        frames_evicted: Option<u64>,
+    ) -> Self {
+        Self {
+            camera: camera.to_string(),
             frames: l.len() as u64,
             bytes: l.live_bytes(),
             oldest_age_s: l
                 .oldest_capture_us()
-                .map(|t| now.saturating_sub(t) as f64 / 1e6),
+                .map(|t| now_us.saturating_sub(t) as f64 / 1e6),
             first_seq: l.first_seq(),
             last_seq: l.last_seq(),
             evicted_pending: l
                 .pending_gaps()
                 .map(|(f, g)| (f, g.last, g.reason))
                 .collect(),
-            route: None,
-            frames_evicted: None,
-        })
-        .collect();
-    Ok((status_json(dir, store.disk_bytes(), false, cams), problems))
+            route,
+            frames_evicted,
+        }
+    }
 }
 
 /// The JSON of `spool status`, from a running agent or an opened spool.
@@ -572,6 +561,14 @@ pub fn status_json(
 impl<S: FrameSink> Shared<S> {
     fn now_us(&self) -> u64 {
         self.clock.now_us()
+    }
+
+    /// Closes the current write generation before a flush; returns it.
+    /// Frames written from now on belong to the next one.
+    fn seal_generation(&self) -> u64 {
+        let mut g = self.write_gen.write().expect("gen");
+        *g += 1;
+        *g - 1
     }
 
     fn durable_gen(&self) -> u64 {
@@ -691,13 +688,7 @@ impl<S: FrameSink> Shared<S> {
     /// only one whose first frame is older). Returns the bytes evicted, or
     /// `None` if nothing could be.
     fn evict_oldest(&self, reason: GapReason, older_than_us: Option<u64>) -> Option<u64> {
-        let lanes: Vec<Arc<Lane>> = self
-            .lanes
-            .lock()
-            .expect("lanes")
-            .values()
-            .cloned()
-            .collect();
+        let lanes = self.lanes();
         let mut best: Option<(u64, Arc<Lane>)> = None;
         for lane in &lanes {
             let st = lane.state.lock().expect("lane");
@@ -914,7 +905,7 @@ impl<S: FrameSink> FrameSink for SpoolSink<S> {
         let sh = &self.shared;
         sh.closing.store(true, Relaxed);
         let deadline = Instant::now() + timeout;
-        let lanes: Vec<Arc<Lane>> = sh.lanes.lock().expect("lanes").values().cloned().collect();
+        let lanes = sh.lanes();
         // Keep sending (direct acks and drains) until everything is in Kafka,
         // the link is known down, nothing has been acknowledged for a while
         // (a black-holed link), or time is up.
@@ -943,11 +934,7 @@ impl<S: FrameSink> FrameSink for SpoolSink<S> {
             sh.spool_in_flight(l, &mut st);
         }
         let store = sh.store.clone();
-        let gen = {
-            let mut g = sh.write_gen.write().expect("gen");
-            *g += 1;
-            *g - 1
-        };
+        let gen = sh.seal_generation();
         tokio::task::spawn_blocking(move || store.flush())
             .await
             .map_err(|e| SinkError::Setup(format!("spool flush task: {e}")))?
@@ -968,11 +955,7 @@ async fn flusher<S: FrameSink>(sh: Arc<Shared<S>>) {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        let gen = {
-            let mut g = sh.write_gen.write().expect("gen");
-            *g += 1;
-            *g - 1
-        };
+        let gen = sh.seal_generation();
         let store = sh.store.clone();
         last = Instant::now();
         match tokio::task::spawn_blocking(move || store.flush()).await {
@@ -1033,7 +1016,7 @@ async fn keeper<S: FrameSink>(sh: Arc<Shared<S>>) {
         while sh.evict_oldest(GapReason::Age, Some(limit)).is_some() {}
         sh.make_room(0);
 
-        let lanes: Vec<Arc<Lane>> = sh.lanes.lock().expect("lanes").values().cloned().collect();
+        let lanes = sh.lanes();
         let now_us = sh.now_us();
         let mut oldest = None::<u64>;
         let switch_after = Duration::from_millis(sh.cfg.switch_after_ms);

@@ -411,12 +411,31 @@ impl SledStore {
         std::fs::write(new.join("COMPLETE"), b"").map_err(|e| io_err(&new, e))?;
         sync_dir(&new)?;
         *guard = None; // closes the old database
-        std::fs::rename(&db_path, &old).map_err(|e| io_err(&db_path, e))?;
-        std::fs::rename(&new, &db_path).map_err(|e| io_err(&new, e))?;
-        sync_dir(&self.dir)?;
-        std::fs::remove_dir_all(&old).map_err(|e| io_err(&old, e))?;
-        let _ = std::fs::remove_file(db_path.join("COMPLETE"));
-        *guard = Some(Handles::open(&db_path)?);
+        let swapped = (|| {
+            std::fs::rename(&db_path, &old).map_err(|e| io_err(&db_path, e))?;
+            std::fs::rename(&new, &db_path).map_err(|e| io_err(&new, e))?;
+            sync_dir(&self.dir)?;
+            std::fs::remove_dir_all(&old).map_err(|e| io_err(&old, e))?;
+            let _ = std::fs::remove_file(db_path.join("COMPLETE"));
+            Handles::open(&db_path)
+        })();
+        match swapped {
+            Ok(h) => *guard = Some(h),
+            Err(e) => {
+                // Never leave the store closed: the recovery steps at the top
+                // of this file put back whichever database is complete.
+                if !db_path.exists() {
+                    let from = if new.join("COMPLETE").exists() {
+                        &new
+                    } else {
+                        &old
+                    };
+                    let _ = std::fs::rename(from, &db_path);
+                }
+                *guard = Some(Handles::open(&db_path)?);
+                return Err(e);
+            }
+        }
         drop(guard);
         self.synced_blobs.lock().expect("blob set").clear();
         let after = self.disk_bytes();
