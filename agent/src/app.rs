@@ -201,7 +201,7 @@ async fn run_camera<S: FrameSink>(
                     let Some(frame) = src.next_frame(buf)? else {
                         break;
                     };
-                    let captured_us = clock.now_us();
+                    let captured_us = frame.captured_us.unwrap_or_else(|| clock.now_us());
                     stats.frames_captured.fetch_add(1, Relaxed);
                     produced += 1;
                     if live {

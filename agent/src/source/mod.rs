@@ -32,6 +32,10 @@ pub struct RawFrame {
     /// Index from the start of this source (0, 1, 2, ...).
     pub index: u64,
     pub i420: Vec<u8>,
+    /// Wall-clock capture time (µs since the Unix epoch) when the source knows
+    /// it better than "now" (a V4L2 buffer timestamp mapped to the wall
+    /// clock); `None` = stamped by the pipeline as it receives the frame.
+    pub captured_us: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -131,6 +131,7 @@ impl FrameSource for TestPattern {
         let frame = RawFrame {
             index: self.next,
             i420: buf,
+            captured_us: None,
         };
         self.next += 1;
         Ok(Some(frame))

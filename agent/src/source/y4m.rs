@@ -157,6 +157,7 @@ impl FrameSource for Y4mFile {
         let frame = RawFrame {
             index: self.next,
             i420: pic,
+            captured_us: None,
         };
         self.next += 1;
         Ok(Some(frame))
