@@ -244,7 +244,7 @@ encoder = {{ bitrate_kbps = {kbps}, keyframe_interval_frames = {GOP} }}
         sink.clone(),
         Arc::new(camfleet_shared::clock::SystemClock),
     )?;
-    let reports = app::run(config, spool, std::future::pending()).await?;
+    let reports = app::run(config, spool, std::future::pending()).await;
     let cpu = process_cpu() - cpu0;
     let summary = reports[0].to_json();
     let stream = std::mem::take(&mut *sink.stream.lock().expect("sink lock"));

@@ -192,6 +192,7 @@ fn reference(captured: u64, encoded: u64) -> anyhow::Result<(Duration, Duration)
         &EncoderConfig {
             bitrate_kbps: KBPS,
             keyframe_interval_frames: 60,
+            ..EncoderConfig::default()
         },
     )?;
     let (mut render, mut encode) = (Duration::ZERO, Duration::ZERO);

@@ -336,8 +336,57 @@ pub struct EncoderConfig {
     /// An IDR (with SPS/PPS) every this many frames.
     #[serde(default = "default_keyframe_interval_frames")]
     pub keyframe_interval_frames: u32,
+    /// Highest frame rate sent; a faster source is thinned evenly (e.g. a
+    /// 30 fps camera at `max_fps = 10` sends every third frame). Absent = the
+    /// source's rate.
+    #[serde(default)]
+    pub max_fps: Option<u32>,
+    /// Output width; with `height`, the source is scaled to this size. Absent =
+    /// the source's size.
+    #[serde(default)]
+    pub width: Option<u32>,
+    /// Output height (set together with `width`).
+    #[serde(default)]
+    pub height: Option<u32>,
+    #[serde(default)]
+    pub rate_control: RateControl,
+    #[serde(default)]
+    pub complexity: EncoderComplexity,
+    /// Spend more bits on flat areas, fewer on busy ones (openh264 adaptive
+    /// quantisation).
+    #[serde(default = "default_true")]
+    pub adaptive_quantization: bool,
+    /// Spend fewer bits on static background (openh264 background detection).
+    #[serde(default = "default_true")]
+    pub background_detection: bool,
 }
 
+/// openh264 rate control.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RateControl {
+    /// Hold the target bitrate (the uplink is what is paid for).
+    #[default]
+    Bitrate,
+    /// Favour quality; the bitrate may exceed the target on busy scenes.
+    Quality,
+    /// Adjust quality from the encoder's buffer fullness only.
+    Buffer,
+}
+
+/// openh264 encoder complexity: speed against quality per bit.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderComplexity {
+    Low,
+    #[default]
+    Medium,
+    High,
+}
+
+const fn default_true() -> bool {
+    true
+}
 const fn default_bitrate_kbps() -> u32 {
     2000
 }
@@ -350,7 +399,49 @@ impl Default for EncoderConfig {
         Self {
             bitrate_kbps: default_bitrate_kbps(),
             keyframe_interval_frames: default_keyframe_interval_frames(),
+            max_fps: None,
+            width: None,
+            height: None,
+            rate_control: RateControl::default(),
+            complexity: EncoderComplexity::default(),
+            adaptive_quantization: true,
+            background_detection: true,
         }
+    }
+}
+
+impl EncoderConfig {
+    fn validate(&self, at: impl Fn(&str) -> String) -> Result<(), ConfigError> {
+        if !(50..=100_000).contains(&self.bitrate_kbps) {
+            return Err(invalid(at("encoder.bitrate_kbps"), "must be 50..=100000"));
+        }
+        if !(1..=3600).contains(&self.keyframe_interval_frames) {
+            return Err(invalid(
+                at("encoder.keyframe_interval_frames"),
+                "must be 1..=3600",
+            ));
+        }
+        if self.max_fps.is_some_and(|f| !(1..=120).contains(&f)) {
+            return Err(invalid(at("encoder.max_fps"), "must be 1..=120"));
+        }
+        match (self.width, self.height) {
+            (None, None) => {}
+            (Some(w), Some(h)) => {
+                if w < 64 || h < 64 || w % 2 != 0 || h % 2 != 0 || w > 7680 || h > 4320 {
+                    return Err(invalid(
+                        at("encoder.width"),
+                        format!("{w}x{h}: width and height must be even, 64..=7680 x 64..=4320"),
+                    ));
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    at("encoder.width"),
+                    "set width and height together (or neither, to keep the source's size)",
+                ))
+            }
+        }
+        Ok(())
     }
 }
 
@@ -400,16 +491,7 @@ impl AgentConfig {
                     return Err(invalid(at("source.fps"), "must be 1..=120"));
                 }
             }
-            let e = &cam.encoder;
-            if !(50..=100_000).contains(&e.bitrate_kbps) {
-                return Err(invalid(at("encoder.bitrate_kbps"), "must be 50..=100000"));
-            }
-            if !(1..=3600).contains(&e.keyframe_interval_frames) {
-                return Err(invalid(
-                    at("encoder.keyframe_interval_frames"),
-                    "must be 1..=3600",
-                ));
-            }
+            cam.encoder.validate(at)?;
         }
         Ok(())
     }
@@ -599,6 +681,44 @@ encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
         assert!(agent_err(&tiny).contains("spool.max_bytes"));
         let listen = format!("{AGENT}\n[http]\nlisten = \"nowhere\"\n");
         assert!(agent_err(&listen).contains("http.listen"));
+    }
+
+    #[test]
+    fn encoder_settings_parse_and_are_checked() {
+        let full = AGENT.replace(
+            "keyframe_interval_frames = 30 }",
+            "keyframe_interval_frames = 30, width = 640, height = 360, max_fps = 10, \
+             rate_control = \"quality\", complexity = \"high\", adaptive_quantization = false }",
+        );
+        let c = AgentConfig::from_toml(&full).unwrap();
+        let e = &c.cameras[1].encoder;
+        assert_eq!(
+            (e.width, e.height, e.max_fps),
+            (Some(640), Some(360), Some(10))
+        );
+        assert_eq!(e.rate_control, RateControl::Quality);
+        assert_eq!(e.complexity, EncoderComplexity::High);
+        assert!(!e.adaptive_quantization && e.background_detection);
+        for (change, field) in [
+            ("width = 640, height = 360", "encoder.width"),
+            ("width = 641, height = 360", "encoder.width"),
+            ("height = 360", "encoder.width"),
+            ("max_fps = 0", "encoder.max_fps"),
+            ("rate_control = \"cbr\"", "cbr"),
+            ("complexity = \"extreme\"", "extreme"),
+        ] {
+            let bad = AGENT.replace(
+                "keyframe_interval_frames = 30 }",
+                &format!("keyframe_interval_frames = 30, {change} }}"),
+            );
+            let bad = if change.starts_with("width = 640") {
+                bad.replace("width = 640", "width = 8000")
+            } else {
+                bad
+            };
+            let err = agent_err(&bad);
+            assert!(err.contains(field), "{change}: {err}");
+        }
     }
 
     #[test]
