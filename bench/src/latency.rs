@@ -48,6 +48,7 @@ pub async fn run(kafka: &Kafka, args: Args, results: Option<&Path>) -> anyhow::R
                     source: agent::test_pattern_source(WIDTH, HEIGHT, FPS),
                     bitrate_kbps: KBPS,
                     frames,
+                    cameras: 1,
                 },
             )
         })
