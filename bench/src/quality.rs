@@ -29,7 +29,7 @@ fn variants(kbps: u32) -> Vec<(&'static str, EncoderConfig)> {
         ..EncoderConfig::default()
     };
     vec![
-        ("openh264 default (medium, AQ, BG)", base.clone()),
+        ("openh264 default (medium, AQ on, BG off)", base.clone()),
         (
             "complexity high",
             EncoderConfig {
@@ -52,9 +52,9 @@ fn variants(kbps: u32) -> Vec<(&'static str, EncoderConfig)> {
             },
         ),
         (
-            "background detection off",
+            "background detection on (the old default)",
             EncoderConfig {
-                background_detection: false,
+                background_detection: true,
                 ..base.clone()
             },
         ),
