@@ -7,6 +7,7 @@
 
 mod agent;
 mod cameras;
+mod detect;
 mod encode;
 mod kafka;
 mod latency;
@@ -117,6 +118,28 @@ enum Section {
         /// The agent binary; default: camfleet-agent next to this binary.
         #[arg(long)]
         agent: Option<PathBuf>,
+    },
+    /// Object detection: the collector's Detector against bare ONNX Runtime in Python, same model and frames.
+    Detect {
+        /// Clip the frames are taken from (anything ffmpeg reads; 720p Y4M from scripts/bench).
+        #[arg(long)]
+        clip: PathBuf,
+        #[arg(long, default_value_t = 32)]
+        frames: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+        /// The model manifest.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../collector/models/nanodet-g.toml"))]
+        manifest: PathBuf,
+        /// Directory the manifest's model path is relative to ($CAMFLEET_CACHE/models).
+        #[arg(long)]
+        models: PathBuf,
+        /// Python with onnxruntime + numpy (scripts/setup's models venv).
+        #[arg(long)]
+        python: PathBuf,
+        /// The Python peer script.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/detect/ort_peer.py"))]
+        peer: PathBuf,
     },
     /// (internal, for `spool`) Write frames into a spool until killed.
     #[command(hide = true)]
@@ -232,6 +255,27 @@ async fn main() -> anyhow::Result<()> {
             };
             spool::run(&kafka, args, results).await
         }
+        Section::Detect {
+            clip,
+            frames,
+            reps,
+            manifest,
+            models,
+            python,
+            peer,
+        } => detect::run(
+            detect::Args {
+                clip,
+                frames: frames.max(1),
+                reps: reps.max(1),
+                manifest,
+                models,
+                python,
+                peer,
+                work,
+            },
+            results,
+        ),
         Section::SpoolFill {
             dir,
             bytes,
