@@ -231,7 +231,9 @@ fn load_edited(edit: impl Fn(String) -> String, model: Option<&Path>) -> DetectE
     let path = dir.path().join("m.toml");
     std::fs::write(&path, edit(std::fs::read_to_string(manifest()).unwrap())).unwrap();
     let models = models_dir();
-    Detector::load(&path, model.unwrap_or(&models), &options()).unwrap_err()
+    let err = Detector::load(&path, model.unwrap_or(&models), &options()).unwrap_err();
+    eprintln!("{err}");
+    err
 }
 
 #[test]
@@ -251,6 +253,7 @@ fn a_file_that_is_not_onnx_is_a_clear_error() {
     let bogus = dir.path().join("bogus.onnx");
     std::fs::write(&bogus, b"this is not a protobuf model\n").unwrap();
     let err = Detector::load(&manifest(), &bogus, &options()).unwrap_err();
+    eprintln!("{err}");
     assert!(matches!(err, DetectError::ModelUnreadable { .. }), "{err}");
     assert!(err.to_string().contains("bogus.onnx"), "{err}");
 }
@@ -271,7 +274,7 @@ fn an_input_size_the_model_does_not_have_is_a_clear_error() {
         "{text}"
     );
     assert!(
-        text.contains("320x320") && text.contains("m.toml"),
+        text.contains("[?, 3, 320, 320]") && text.contains("m.toml"),
         "{text}"
     );
 }

@@ -408,6 +408,15 @@ fn declared(outlets: &[ort::value::Outlet], name: &str, what: &str) -> Result<Ve
     }
 }
 
+/// `[?, 3, 416, 416]` for expected dimensions (`?` = any).
+fn show_dims(want: &[Option<i64>]) -> String {
+    let dims: Vec<String> = want
+        .iter()
+        .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
+        .collect();
+    format!("[{}]", dims.join(", "))
+}
+
 /// `want` matches `got` where both are known; -1 in `got` is dynamic.
 fn dims_match(got: &[i64], want: &[Option<i64>]) -> bool {
     got.len() == want.len()
@@ -428,8 +437,12 @@ fn check_model(m: &Manifest, session: &Session) -> Result<bool, String> {
     };
     if !dims_match(&input, &want) {
         return Err(format!(
-            "input {:?} is {input:?}, the manifest says {:?} {}x{} (width x height)",
-            m.input.name, m.input.layout, m.input.width, m.input.height
+            "input {:?} is {input:?}, the manifest says {} ({}x{}, layout {:?})",
+            m.input.name,
+            show_dims(&want),
+            m.input.width,
+            m.input.height,
+            m.input.layout
         ));
     }
     let dynamic_batch = input[0] < 0;
@@ -441,8 +454,9 @@ fn check_model(m: &Manifest, session: &Session) -> Result<bool, String> {
             Ok(())
         } else {
             Err(format!(
-                "output {name:?} is {got:?}, the {} decoder expects {want:?}",
-                m.decoder.kind()
+                "output {name:?} is {got:?}, the {} decoder expects {}",
+                m.decoder.kind(),
+                show_dims(want)
             ))
         }
     };
@@ -484,7 +498,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_detector_can_move_to_its_inference_thread() {
+        fn send<T: Send>() {}
+        send::<Detector>();
+    }
+
+    #[test]
     fn dims_match_treats_minus_one_as_dynamic() {
+        assert_eq!(show_dims(&[None, Some(3)]), "[?, 3]");
         assert!(dims_match(
             &[-1, 3, 416, 416],
             &[None, Some(3), Some(416), Some(416)]
