@@ -7,5 +7,6 @@ pub mod app;
 pub mod archive;
 pub mod consume;
 pub mod continuity;
+pub mod fanout;
 pub mod segmenter;
 pub mod stats;
