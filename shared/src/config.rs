@@ -509,6 +509,75 @@ pub struct CollectorConfig {
     pub archive: ArchiveConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// Object detection on the video; absent = off.
+    #[serde(default)]
+    pub inference: Option<InferenceConfig>,
+}
+
+/// `[inference]`: run a detector on each camera's video and publish
+/// detections and events to Kafka (docs/detection.md).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// The model's manifest (TOML); its `.onnx` file is resolved next to it
+    /// unless `models_dir` is set.
+    pub model: PathBuf,
+    /// Directory holding the model files named by the manifest.
+    #[serde(default)]
+    pub models_dir: Option<PathBuf>,
+    /// ONNX Runtime shared library; default: the `ORT_DYLIB_PATH` variable.
+    #[serde(default)]
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Frames inferred per second and camera (sampled by media time); 0 =
+    /// keyframes only, which also decodes keyframes only.
+    #[serde(default = "default_infer_fps")]
+    pub infer_fps: f64,
+    /// Topic of detection records (`camfleet.detections.v1` schema).
+    #[serde(default = "default_detections_topic")]
+    pub detections_topic: String,
+    /// Topic of per-camera events (appeared/left, dark, covered, frozen).
+    #[serde(default = "default_events_topic")]
+    pub events_topic: String,
+}
+
+fn default_infer_fps() -> f64 {
+    2.0
+}
+fn default_detections_topic() -> String {
+    crate::wire::DETECTIONS_TOPIC.into()
+}
+fn default_events_topic() -> String {
+    crate::wire::EVENTS_TOPIC.into()
+}
+
+impl InferenceConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.model.as_os_str().is_empty() {
+            return Err(invalid("inference.model", "is empty"));
+        }
+        if !(0.0..=60.0).contains(&self.infer_fps) || self.infer_fps.is_nan() {
+            return Err(invalid(
+                "inference.infer_fps",
+                "must be 0 (keyframes only) to 60",
+            ));
+        }
+        for (field, topic) in [
+            ("inference.detections_topic", &self.detections_topic),
+            ("inference.events_topic", &self.events_topic),
+        ] {
+            if topic.is_empty()
+                || !topic
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err(invalid(
+                    field,
+                    format!("{topic:?} is not a legal Kafka topic name"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -611,6 +680,9 @@ impl CollectorConfig {
         }
         if self.archive.idle_flush_ms < 100 {
             return Err(invalid("archive.idle_flush_ms", "must be at least 100"));
+        }
+        if let Some(inference) = &self.inference {
+            inference.validate()?;
         }
         validate_listen("http.listen", &self.http.listen)
     }

@@ -1,0 +1,3 @@
+//! Object detection on the consumed video (a `crate::fanout` processor).
+
+pub mod decode;
