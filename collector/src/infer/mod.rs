@@ -1,3 +1,4 @@
 //! Object detection on the consumed video (a `crate::fanout` processor).
 
 pub mod decode;
+pub mod state;
