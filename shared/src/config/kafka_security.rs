@@ -112,7 +112,9 @@ impl Default for KafkaTlsConfig {
 #[serde(rename_all = "snake_case")]
 pub enum SaslMechanism {
     #[default]
+    #[serde(rename = "scram_sha_512")]
     ScramSha512,
+    #[serde(rename = "scram_sha_256")]
     ScramSha256,
     Plain,
 }
@@ -606,5 +608,22 @@ password_file = "/etc/camfleet/kafka.password"
         .unwrap();
         let p = props(&c.kafka.connection).unwrap();
         assert_eq!(p.get("sasl.username"), Some("camfleet-collector"));
+    }
+
+    #[test]
+    fn mechanisms_have_their_documented_names() {
+        for (name, librdkafka) in [
+            ("scram_sha_512", "SCRAM-SHA-512"),
+            ("scram_sha_256", "SCRAM-SHA-256"),
+            ("plain", "PLAIN"),
+        ] {
+            let c = agent(&SECURE.replace(
+                "[kafka.sasl]",
+                &format!("[kafka.sasl]\nmechanism = \"{name}\""),
+            ))
+            .unwrap();
+            let p = props(&c.kafka.connection).unwrap();
+            assert_eq!(p.get("sasl.mechanism"), Some(librdkafka));
+        }
     }
 }
