@@ -610,6 +610,44 @@ password_file = "/etc/camfleet/kafka.password"
         assert_eq!(p.get("sasl.username"), Some("camfleet-collector"));
     }
 
+    /// The commented-out security blocks of the shipped examples parse once
+    /// uncommented.
+    #[test]
+    fn the_commented_security_examples_are_valid() {
+        fn uncomment(text: &str) -> String {
+            text.lines()
+                .map(|l| {
+                    let keys = [
+                        "security_protocol",
+                        "[kafka.",
+                        "ca_file",
+                        "username",
+                        "password_file",
+                        "mechanism",
+                    ];
+                    match l.strip_prefix("# ") {
+                        Some(rest) if keys.iter().any(|k| rest.starts_with(k)) => rest,
+                        _ => l,
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        let agent = uncomment(include_str!("../../../agent/agent.example.toml"));
+        let c = AgentConfig::from_toml(&agent).unwrap();
+        assert_eq!(
+            c.kafka.connection.security_protocol,
+            SecurityProtocol::SaslSsl
+        );
+        assert!(c.kafka.connection.sasl.unwrap().password_file.is_some());
+        let collector = uncomment(include_str!("../../../collector/collector.example.toml"));
+        let c = CollectorConfig::from_toml(&collector).unwrap();
+        assert_eq!(
+            c.kafka.connection.security_protocol,
+            SecurityProtocol::SaslSsl
+        );
+    }
+
     #[test]
     fn mechanisms_have_their_documented_names() {
         for (name, librdkafka) in [
