@@ -301,3 +301,21 @@ fn secure_the_collector_archives_over_sasl_ssl() {
     let summary = proc.wait_summary(Duration::from_secs(15));
     assert_eq!(summary["frames_archived"], n, "{summary}");
 }
+
+#[test]
+fn secure_tls_to_the_plaintext_port_fails_clearly() {
+    let run = Scenario::new("secure-tls-to-plain", 1);
+    let sec = run.services.secure();
+    let kafka = sasl_ssl(&sec, &sec.ca_file, &password_file(&sec.password_file));
+    let plain = run.services.kafka.clone();
+    let (ok, out) = validate(
+        &run,
+        "tls-to-plain",
+        &config(&run, &camera("lab/tls-to-plain", 1, false), &plain, &kafka),
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("TLS handshake with the broker failed: the port does not speak TLS"),
+        "{out}"
+    );
+}

@@ -105,7 +105,7 @@ pub fn explain(kind: ErrorKind, reason: &str) -> String {
     let what = match kind {
         ErrorKind::Authentication => "Kafka authentication failed: the broker rejected the SASL credentials (check kafka.sasl.username, the password or password_file, and kafka.sasl.mechanism)",
         ErrorKind::Tls if r.contains("certificate verify failed") => "TLS handshake with the broker failed: its certificate is not trusted (kafka.tls.ca_file must name the CA that signed the broker's certificate, and the certificate must name the host in bootstrap_servers)",
-        ErrorKind::Tls if r.contains("wrong version number") || r.contains("packet length too long") => "TLS handshake with the broker failed: the port does not speak TLS (security_protocol ssl or sasl_ssl against a plaintext listener? check the port)",
+        ErrorKind::Tls if r.contains("plaintext broker listener") || r.contains("wrong version number") || r.contains("packet length too long") => "TLS handshake with the broker failed: the port does not speak TLS (security_protocol ssl or sasl_ssl against a plaintext listener? check the port)",
         ErrorKind::Tls => "TLS handshake with the broker failed (check kafka.security_protocol and kafka.tls)",
         ErrorKind::ProtocolMismatch => "the broker closed the connection on the first request: likely a security protocol mismatch (a plaintext client on a TLS or SASL listener: check kafka.security_protocol and the port)",
         ErrorKind::Authorization => "Kafka authorization failed: the user may not write to the topic (check the broker's ACLs)",
@@ -513,6 +513,9 @@ mod tests {
         assert!(explain(ErrorKind::Authentication, auth).starts_with("Kafka authentication failed"));
         assert!(explain(ErrorKind::Tls, tls).contains("not trusted"));
         assert!(explain(ErrorKind::ProtocolMismatch, plain).contains("security protocol mismatch"));
+        let tls_to_plain = "sasl_ssl://127.0.0.1:23092/bootstrap: SSL handshake failed: Disconnected: SSL connection closed by peer: connecting to a PLAINTEXT broker listener? (after 0ms in state SSL_HANDSHAKE)";
+        assert_eq!(classify_client_error(t, tls_to_plain), ErrorKind::Tls);
+        assert!(explain(ErrorKind::Tls, tls_to_plain).contains("the port does not speak TLS"));
     }
 
     #[test]
