@@ -62,13 +62,16 @@ impl Clip {
 fn encode_clip(path: &Path, n: u64, kbps: u32) -> anyhow::Result<Clip> {
     let mut src = Y4mFile::open(path, true, false)?;
     let format = src.format();
+    // The agent's defaults (IDR every 60) but the bitrate; `..Default` keeps
+    // this building as the encoder grows settings.
     let mut enc = H264Encoder::new(
         format,
         &EncoderConfig {
             bitrate_kbps: kbps,
-            keyframe_interval_frames: 60,
+            ..EncoderConfig::default()
         },
     )?;
+    debug_assert_eq!(EncoderConfig::default().keyframe_interval_frames, 60);
     let mut frames = Vec::with_capacity(n as usize);
     let mut buf = Vec::new();
     for i in 0..n {
