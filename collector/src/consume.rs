@@ -34,7 +34,37 @@ impl RebalanceLog {
     }
 }
 
-impl ClientContext for RebalanceLog {}
+impl ClientContext for RebalanceLog {
+    /// librdkafka's statistics (every `statistics.interval.ms`), per assigned
+    /// partition: records not yet read (`..._consumer_lag_records`: end of
+    /// the partition minus the next record the collector takes) and records
+    /// not yet committed (`..._commit_lag_records`, which also counts the
+    /// open segments and unfinished processor work holding the commit).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for topic in statistics.topics.values() {
+            for (id, p) in &topic.partitions {
+                // -1 = librdkafka's internal "unassigned" partition; offsets
+                // below 0 are "not known yet".
+                if *id < 0 || !p.desired || p.hi_offset < 0 {
+                    continue;
+                }
+                let partition = id.to_string();
+                // Nothing read yet: the position is the commit, or the
+                // partition's start (auto.offset.reset = earliest).
+                let position = [p.app_offset, p.committed_offset, p.lo_offset]
+                    .into_iter()
+                    .find(|o| *o >= 0)
+                    .unwrap_or(0);
+                metrics::gauge!("camfleet_collector_consumer_lag_records", "partition" => partition.clone())
+                    .set((p.hi_offset - position).max(0) as f64);
+                if p.committed_offset >= 0 {
+                    metrics::gauge!("camfleet_collector_commit_lag_records", "partition" => partition)
+                        .set((p.hi_offset - p.committed_offset).max(0) as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -78,6 +108,8 @@ pub fn consumer_config(config: &CollectorKafkaConfig) -> Result<ClientConfig, Co
         // others after 10 s instead of librdkafka's 45 s default.
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "3000")
+        // Consumer lag per partition for /metrics.
+        .set("statistics.interval.ms", "5000")
         .set("client.id", "camfleet-collector");
     apply_connection(&mut c, config)?;
     Ok(c)
