@@ -6,14 +6,17 @@
 //! * an IDR every `keyframe_interval_frames`, each carrying SPS/PPS in-band
 //!   (openh264 emits them with every IDR; [`Encoded::keyframe`] frames are
 //!   checked for it in the tests);
-//! * bitrate-mode rate control, scene-change IDRs off so GOPs stay regular
-//!   (archive segments are cut at IDRs).
+//! * bitrate-mode rate control by default, scene-change IDRs off so GOPs stay
+//!   regular (archive segments are cut at IDRs);
+//! * complexity, adaptive quantisation and background detection from the
+//!   camera's `[camera.encoder]` (docs/encoder.md has the quality study).
 
 use crate::source::VideoFormat;
-use camfleet_shared::config::EncoderConfig;
+use camfleet_shared::config::{EncoderComplexity, EncoderConfig, RateControl};
+use camfleet_shared::wire::Rational;
 use openh264::encoder::{
-    BitRate, Encoder, EncoderConfig as H264Config, FrameRate, FrameType, IntraFramePeriod,
-    RateControlMode, UsageType,
+    BitRate, Complexity, Encoder, EncoderConfig as H264Config, FrameRate, FrameType,
+    IntraFramePeriod, RateControlMode, UsageType,
 };
 use openh264::formats::YUVSlices;
 use openh264::OpenH264API;
@@ -45,6 +48,46 @@ pub struct Encoded {
     pub keyframe: bool,
 }
 
+/// The stream a camera sends: the source scaled to the encoder's `width` x
+/// `height` and thinned to its `max_fps`, when set.
+pub fn output_format(source: VideoFormat, config: &EncoderConfig) -> VideoFormat {
+    let (width, height) = match (config.width, config.height) {
+        (Some(w), Some(h)) => (w, h),
+        _ => (source.width, source.height),
+    };
+    let fps = match config.max_fps {
+        Some(cap) if (cap as f64) < source.fps.as_f64() => {
+            Rational::new(cap, 1).expect("validated max_fps > 0")
+        }
+        _ => source.fps,
+    };
+    VideoFormat { width, height, fps }
+}
+
+/// Thins a source to a lower frame rate evenly: source frame `i` is kept when
+/// it starts a new output frame interval, so 30 -> 10 keeps every third and
+/// 30 -> 12 alternates gaps of 2 and 3.
+#[derive(Clone, Copy, Debug)]
+pub struct RateCap {
+    source: Rational,
+    output: Rational,
+}
+
+impl RateCap {
+    pub fn new(source: Rational, output: Rational) -> Self {
+        Self { source, output }
+    }
+
+    fn slot(&self, index: u64) -> u128 {
+        index as u128 * self.output.num as u128 * self.source.den as u128
+            / (self.output.den as u128 * self.source.num as u128)
+    }
+
+    pub fn keep(&self, index: u64) -> bool {
+        self.output == self.source || index == 0 || self.slot(index) > self.slot(index - 1)
+    }
+}
+
 pub struct H264Encoder {
     inner: Encoder,
     format: VideoFormat,
@@ -57,7 +100,18 @@ impl H264Encoder {
         let h264 = H264Config::new()
             .bitrate(BitRate::from_bps(config.bitrate_kbps * 1000))
             .max_frame_rate(FrameRate::from_hz(format.fps.as_f64() as f32))
-            .rate_control_mode(RateControlMode::Bitrate)
+            .rate_control_mode(match config.rate_control {
+                RateControl::Bitrate => RateControlMode::Bitrate,
+                RateControl::Quality => RateControlMode::Quality,
+                RateControl::Buffer => RateControlMode::Bufferbased,
+            })
+            .complexity(match config.complexity {
+                EncoderComplexity::Low => Complexity::Low,
+                EncoderComplexity::Medium => Complexity::Medium,
+                EncoderComplexity::High => Complexity::High,
+            })
+            .adaptive_quantization(config.adaptive_quantization)
+            .background_detection(config.background_detection)
             .usage_type(UsageType::CameraVideoRealTime)
             .skip_frames(false)
             .scene_change_detect(false)
@@ -146,6 +200,7 @@ mod tests {
         let config = EncoderConfig {
             bitrate_kbps: 500,
             keyframe_interval_frames: 10,
+            ..EncoderConfig::default()
         };
         let mut enc = H264Encoder::new(format, &config).unwrap();
         let mut keyframes = vec![];
@@ -164,6 +219,52 @@ mod tests {
             }
         }
         assert_eq!(keyframes, [0, 10, 20, 30]);
+    }
+
+    #[test]
+    fn rate_cap_thins_evenly() {
+        let r = |n| Rational::new(n, 1).unwrap();
+        let kept = |src, out| -> Vec<u64> {
+            let cap = RateCap::new(r(src), r(out));
+            (0..30).filter(|&i| cap.keep(i)).collect()
+        };
+        assert_eq!(kept(30, 30).len(), 30);
+        assert_eq!(kept(30, 10), (0..10).map(|i| 3 * i).collect::<Vec<_>>());
+        let twelve = kept(30, 12);
+        assert_eq!(twelve.len(), 12);
+        let gaps: Vec<u64> = twelve.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|g| (2..=3).contains(g)), "{gaps:?}");
+        // NTSC source: 30000/1001 capped at 15.
+        let ntsc = Rational::new(30000, 1001).unwrap();
+        let cap = RateCap::new(ntsc, r(15));
+        // 3000 frames last 100.1 s: 1501 output slots at 15 fps.
+        assert_eq!((0..3000).filter(|&i| cap.keep(i)).count(), 1501);
+    }
+
+    #[test]
+    fn output_format_scales_and_caps() {
+        let src = VideoFormat {
+            width: 1920,
+            height: 1080,
+            fps: Rational::new(30, 1).unwrap(),
+        };
+        let cfg = EncoderConfig {
+            width: Some(1280),
+            height: Some(720),
+            max_fps: Some(10),
+            ..EncoderConfig::default()
+        };
+        let out = output_format(src, &cfg);
+        assert_eq!(
+            (out.width, out.height, out.fps.num, out.fps.den),
+            (1280, 720, 10, 1)
+        );
+        // A cap above the source's rate changes nothing.
+        let cfg = EncoderConfig {
+            max_fps: Some(60),
+            ..EncoderConfig::default()
+        };
+        assert_eq!(output_format(src, &cfg), src);
     }
 
     #[test]

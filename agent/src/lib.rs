@@ -1,9 +1,11 @@
 //! camfleet-agent: capture -> H.264 -> Kafka, on the edge box.
 //!
-//! `main.rs` is thin; [`app::run`] wires the stages. See ARCHITECTURE.md.
+//! `main.rs` is thin; [`app::run`] runs a [`camera::Camera`] pipeline per camera. See ARCHITECTURE.md.
 
 pub mod app;
+pub mod camera;
 pub mod encode;
+pub mod scale;
 pub mod sequence;
 pub mod sink;
 pub mod source;

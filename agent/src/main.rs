@@ -100,11 +100,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 let src = camfleet_agent::source::open(&cam.source)
                     .with_context(|| format!("camera {}", cam.id))?;
                 let f = src.format();
-                camfleet_agent::encode::H264Encoder::new(f, &cam.encoder)
+                let out = camfleet_agent::encode::output_format(f, &cam.encoder);
+                camfleet_agent::encode::H264Encoder::new(out, &cam.encoder)
                     .with_context(|| format!("camera {}", cam.id))?;
                 println!(
-                    "ok camera {} {}x{} @ {} fps",
-                    cam.id, f.width, f.height, f.fps
+                    "ok camera {} {}x{} @ {} fps, sent as {}x{} @ {} fps",
+                    cam.id, f.width, f.height, f.fps, out.width, out.height, out.fps
                 );
             }
             check_spool(&cfg)?;
@@ -134,11 +135,24 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let cfg = load(&config)?;
             if !cfg.http.listen.is_empty() {
                 let addr: std::net::SocketAddr = cfg.http.listen.parse()?;
-                metrics_exporter_prometheus::PrometheusBuilder::new()
+                use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+                // Encode: 1-100 ms; capture -> ack: 2 ms to a minute (spool drains).
+                PrometheusBuilder::new()
                     .with_http_listener(addr)
+                    .set_buckets_for_metric(
+                        Matcher::Full("camfleet_agent_encode_seconds".into()),
+                        &[0.001, 0.002, 0.004, 0.008, 0.016, 0.033, 0.066, 0.1],
+                    )?
+                    .set_buckets_for_metric(
+                        Matcher::Full("camfleet_agent_capture_to_ack_seconds".into()),
+                        &[
+                            0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0,
+                        ],
+                    )?
                     .install()
                     .with_context(|| format!("cannot serve /metrics on {addr}"))?;
                 spool::describe_metrics();
+                camfleet_agent::stats::describe_metrics();
             }
             let kafka = Arc::new(KafkaSink::new(&cfg.kafka)?);
             let dir = cfg.spool.dir(&cfg.data_dir);
@@ -146,7 +160,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("spool {}", dir.display()))?;
             control::serve(sink.clone())
                 .with_context(|| format!("control socket in {}", dir.display()))?;
-            let reports = app::run(cfg, sink, shutdown_signal()).await?;
+            let reports = app::run(cfg, sink, shutdown_signal()).await;
             for r in &reports {
                 println!("{}", r.to_json());
             }

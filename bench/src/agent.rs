@@ -20,12 +20,17 @@ pub struct AgentSpec<'a> {
     /// The camera's `source = { ... }` inline table.
     pub source: String,
     pub bitrate_kbps: u32,
+    /// Frames per camera.
     pub frames: u64,
+    /// Identical cameras in the one agent (`bench/<name>-<i>` from 2 on).
+    pub cameras: u32,
 }
 
 pub struct AgentRun {
-    /// The camera's line of the agent's exit summary (see agent/src/stats.rs).
+    /// The first camera's line of the agent's exit summary (see agent/src/stats.rs).
     pub summary: serde_json::Value,
+    /// Every camera's line.
+    pub summaries: Vec<serde_json::Value>,
     pub cpu: Duration,
     pub wall: Duration,
     /// Peak resident set size, kB.
@@ -69,28 +74,34 @@ pub fn run(agent: &Path, work: &Path, kafka: &Kafka, spec: &AgentSpec) -> anyhow
     }
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"data_dir = {data}
+    let mut text = format!(
+        r#"data_dir = {data}
 [kafka]
 bootstrap_servers = "{bootstrap}"
 topic = "{topic}"
-[[camera]]
-id = "bench/{name}"
+"#,
+        data = toml_path(&dir.join("data")),
+        bootstrap = kafka.bootstrap,
+        topic = spec.topic,
+    );
+    for i in 0..spec.cameras.max(1) {
+        let id = match i {
+            0 => format!("bench/{}", spec.name),
+            _ => format!("bench/{}-{i}", spec.name),
+        };
+        text.push_str(&format!(
+            r#"[[camera]]
+id = "{id}"
 max_frames = {frames}
 source = {source}
 encoder = {{ bitrate_kbps = {bitrate}, keyframe_interval_frames = 60 }}
 "#,
-            data = toml_path(&dir.join("data")),
-            bootstrap = kafka.bootstrap,
-            topic = spec.topic,
-            name = spec.name,
             frames = spec.frames,
             source = spec.source,
             bitrate = spec.bitrate_kbps,
-        ),
-    )?;
+        ));
+    }
+    std::fs::write(&config, text)?;
     let log_path = dir.join("agent.log");
     let log = std::fs::File::create(&log_path)?;
     let start = Instant::now();
@@ -143,14 +154,18 @@ encoder = {{ bitrate_kbps = {bitrate}, keyframe_interval_frames = 60 }}
             std::fs::read_to_string(&log_path).unwrap_or_default()
         );
     }
-    let summary: serde_json::Value = serde_json::from_str(
-        out.lines()
-            .next()
-            .with_context(|| format!("agent printed no summary; log: {}", log_path.display()))?,
-    )
-    .context("agent summary is not JSON")?;
+    let summaries = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<serde_json::Value>, _>>()
+        .context("agent summary is not JSON")?;
+    let summary = summaries
+        .first()
+        .cloned()
+        .with_context(|| format!("agent printed no summary; log: {}", log_path.display()))?;
     Ok(AgentRun {
         summary,
+        summaries,
         cpu,
         wall,
         vm_hwm_kb,

@@ -53,12 +53,12 @@ fn bitrate_kbps(format: VideoFormat) -> u32 {
 }
 
 /// One encode of one clip.
-struct Run {
-    cpu: Duration,
+pub(crate) struct Run {
+    pub cpu: Duration,
     /// CPU time spent reading the Y4M, when measured apart from `cpu`.
-    read_cpu: Option<Duration>,
-    frames: u64,
-    bytes: u64,
+    pub read_cpu: Option<Duration>,
+    pub frames: u64,
+    pub bytes: u64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -244,7 +244,7 @@ encoder = {{ bitrate_kbps = {kbps}, keyframe_interval_frames = {GOP} }}
         sink.clone(),
         Arc::new(camfleet_shared::clock::SystemClock),
     )?;
-    let reports = app::run(config, spool, std::future::pending()).await?;
+    let reports = app::run(config, spool, std::future::pending()).await;
     let cpu = process_cpu() - cpu0;
     let summary = reports[0].to_json();
     let stream = std::mem::take(&mut *sink.stream.lock().expect("sink lock"));
@@ -304,7 +304,7 @@ fn bare_openh264(clip: &Path, kbps: u32, frames: Option<u64>, out: &Path) -> any
     })
 }
 
-fn x264(clip: &Path, kbps: u32, frames: Option<u64>, out: &Path) -> anyhow::Result<Run> {
+pub(crate) fn x264(clip: &Path, kbps: u32, frames: Option<u64>, out: &Path) -> anyhow::Result<Run> {
     let mut cmd = ffmpeg();
     // -threads before -i is the decoder's, after it the encoder's: one each,
     // so fps per core compares single-threaded encoders.

@@ -48,6 +48,7 @@ pub async fn run(kafka: &Kafka, args: Args, results: Option<&Path>) -> anyhow::R
                     source: agent::test_pattern_source(WIDTH, HEIGHT, FPS),
                     bitrate_kbps: KBPS,
                     frames,
+                    cameras: 1,
                 },
             )
         })
@@ -192,6 +193,7 @@ fn reference(captured: u64, encoded: u64) -> anyhow::Result<(Duration, Duration)
         &EncoderConfig {
             bitrate_kbps: KBPS,
             keyframe_interval_frames: 60,
+            ..EncoderConfig::default()
         },
     )?;
     let (mut render, mut encode) = (Duration::ZERO, Duration::ZERO);

@@ -6,11 +6,13 @@
 //! here. See docs/benchmarks.md.
 
 mod agent;
+mod cameras;
 mod convert;
 mod encode;
 mod kafka;
 mod latency;
 mod measure;
+mod quality;
 mod spool;
 mod table;
 mod tutorial;
@@ -78,6 +80,28 @@ enum Section {
         /// Directory holding producer.py and consumer.py.
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tutorial"))]
         scripts: PathBuf,
+        /// The agent binary; default: camfleet-agent next to this binary.
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
+    /// Quality per bit (PSNR-Y, SSIM-Y) of openh264 settings against x264 at several bitrates.
+    Quality {
+        /// A Y4M clip (repeat for several).
+        #[arg(long = "clip", required = true)]
+        clips: Vec<PathBuf>,
+        /// Encode at most this many frames of each clip.
+        #[arg(long)]
+        frames: Option<u64>,
+        #[arg(long, value_delimiter = ',', default_value = "1000,2000,4000")]
+        kbps: Vec<u32>,
+    },
+    /// Several 720p30 cameras in one agent: RSS, drops, CPU per camera, CPU by thread.
+    Cameras {
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Camera counts to run, one agent run each.
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        counts: Vec<u32>,
         /// The agent binary; default: camfleet-agent next to this binary.
         #[arg(long)]
         agent: Option<PathBuf>,
@@ -179,6 +203,33 @@ async fn main() -> anyhow::Result<()> {
                 work,
             };
             tutorial::run(&kafka, args, results).await
+        }
+        Section::Quality {
+            clips,
+            frames,
+            kbps,
+        } => quality::run(
+            quality::Args {
+                clips,
+                frames,
+                kbps,
+                work,
+            },
+            results,
+        ),
+        Section::Cameras {
+            seconds,
+            counts,
+            agent,
+        } => {
+            let kafka = kafka::Kafka::from_env()?;
+            let args = cameras::Args {
+                seconds,
+                counts,
+                agent: default_agent(agent)?,
+                work,
+            };
+            cameras::run(&kafka, args, results).await
         }
         Section::Spool {
             quick,

@@ -120,3 +120,39 @@ pub fn psnr_y(encoded: &Path, reference: &Path, frames: u64) -> anyhow::Result<f
         })
         .with_context(|| format!("no `PSNR y:` in ffmpeg output: {log}"))
 }
+
+/// Mean luma SSIM, paired like [`psnr_y`], by ffmpeg's ssim filter.
+pub fn ssim_y(encoded: &Path, reference: &Path, frames: u64) -> anyhow::Result<f64> {
+    let out = ffmpeg()
+        .args(["-loglevel", "info", "-i"])
+        .arg(encoded)
+        .arg("-i")
+        .arg(reference)
+        .args([
+            "-lavfi",
+            "[0:v]settb=1/30,setpts=N[a];[1:v]settb=1/30,setpts=N[b];[a][b]ssim=shortest=1",
+            "-frames:v",
+            &frames.to_string(),
+            "-f",
+            "null",
+            "-",
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .context("run ffmpeg (ssim)")?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("ffmpeg ssim failed on {}: {log}", encoded.display());
+    }
+    log.lines()
+        .rev()
+        .find_map(|l| {
+            l.split_once("SSIM Y:")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no `SSIM Y:` in ffmpeg output: {log}"))
+}

@@ -105,6 +105,7 @@ fn real_frames() -> anyhow::Result<Vec<Frame>> {
         &EncoderConfig {
             bitrate_kbps: KBPS,
             keyframe_interval_frames: GOP,
+            ..EncoderConfig::default()
         },
     )?;
     let mut out = Vec::new();

@@ -112,6 +112,7 @@ pub async fn run(kafka: &Kafka, args: Args, results: Option<&Path>) -> anyhow::R
                         source,
                         bitrate_kbps: mbps * 1000,
                         frames,
+                        cameras: 1,
                     },
                 )
             })

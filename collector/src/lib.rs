@@ -7,5 +7,7 @@ pub mod app;
 pub mod archive;
 pub mod consume;
 pub mod continuity;
+pub mod fanout;
+pub mod infer;
 pub mod segmenter;
 pub mod stats;

@@ -386,8 +386,59 @@ pub struct EncoderConfig {
     /// An IDR (with SPS/PPS) every this many frames.
     #[serde(default = "default_keyframe_interval_frames")]
     pub keyframe_interval_frames: u32,
+    /// Highest frame rate sent; a faster source is thinned evenly (e.g. a
+    /// 30 fps camera at `max_fps = 10` sends every third frame). Absent = the
+    /// source's rate.
+    #[serde(default)]
+    pub max_fps: Option<u32>,
+    /// Output width; with `height`, the source is scaled to this size. Absent =
+    /// the source's size.
+    #[serde(default)]
+    pub width: Option<u32>,
+    /// Output height (set together with `width`).
+    #[serde(default)]
+    pub height: Option<u32>,
+    #[serde(default)]
+    pub rate_control: RateControl,
+    #[serde(default)]
+    pub complexity: EncoderComplexity,
+    /// Spend more bits on flat areas, fewer on busy ones (openh264 adaptive
+    /// quantisation).
+    #[serde(default = "default_true")]
+    pub adaptive_quantization: bool,
+    /// Spend fewer bits on what openh264 takes for static background. Off by
+    /// default: on real content it costs 0.4-1.3 dB PSNR-Y at 2-4 Mbit/s
+    /// (docs/encoder.md); on saves about 20% encoder CPU.
+    #[serde(default)]
+    pub background_detection: bool,
 }
 
+/// openh264 rate control.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RateControl {
+    /// Hold the target bitrate (the uplink is what is paid for).
+    #[default]
+    Bitrate,
+    /// Favour quality; the bitrate may exceed the target on busy scenes.
+    Quality,
+    /// Adjust quality from the encoder's buffer fullness only.
+    Buffer,
+}
+
+/// openh264 encoder complexity: speed against quality per bit.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderComplexity {
+    Low,
+    #[default]
+    Medium,
+    High,
+}
+
+const fn default_true() -> bool {
+    true
+}
 const fn default_bitrate_kbps() -> u32 {
     2000
 }
@@ -400,7 +451,49 @@ impl Default for EncoderConfig {
         Self {
             bitrate_kbps: default_bitrate_kbps(),
             keyframe_interval_frames: default_keyframe_interval_frames(),
+            max_fps: None,
+            width: None,
+            height: None,
+            rate_control: RateControl::default(),
+            complexity: EncoderComplexity::default(),
+            adaptive_quantization: true,
+            background_detection: false,
         }
+    }
+}
+
+impl EncoderConfig {
+    fn validate(&self, at: impl Fn(&str) -> String) -> Result<(), ConfigError> {
+        if !(50..=100_000).contains(&self.bitrate_kbps) {
+            return Err(invalid(at("encoder.bitrate_kbps"), "must be 50..=100000"));
+        }
+        if !(1..=3600).contains(&self.keyframe_interval_frames) {
+            return Err(invalid(
+                at("encoder.keyframe_interval_frames"),
+                "must be 1..=3600",
+            ));
+        }
+        if self.max_fps.is_some_and(|f| !(1..=120).contains(&f)) {
+            return Err(invalid(at("encoder.max_fps"), "must be 1..=120"));
+        }
+        match (self.width, self.height) {
+            (None, None) => {}
+            (Some(w), Some(h)) => {
+                if w < 64 || h < 64 || w % 2 != 0 || h % 2 != 0 || w > 7680 || h > 4320 {
+                    return Err(invalid(
+                        at("encoder.width"),
+                        format!("{w}x{h}: width and height must be even, 64..=7680 x 64..=4320"),
+                    ));
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    at("encoder.width"),
+                    "set width and height together (or neither, to keep the source's size)",
+                ))
+            }
+        }
+        Ok(())
     }
 }
 
@@ -466,16 +559,7 @@ impl AgentConfig {
                     return Err(invalid(at("source.buffers"), "must be 2..=32"));
                 }
             }
-            let e = &cam.encoder;
-            if !(50..=100_000).contains(&e.bitrate_kbps) {
-                return Err(invalid(at("encoder.bitrate_kbps"), "must be 50..=100000"));
-            }
-            if !(1..=3600).contains(&e.keyframe_interval_frames) {
-                return Err(invalid(
-                    at("encoder.keyframe_interval_frames"),
-                    "must be 1..=3600",
-                ));
-            }
+            cam.encoder.validate(at)?;
         }
         Ok(())
     }
@@ -491,6 +575,75 @@ pub struct CollectorConfig {
     pub archive: ArchiveConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// Object detection on the video; absent = off.
+    #[serde(default)]
+    pub inference: Option<InferenceConfig>,
+}
+
+/// `[inference]`: run a detector on each camera's video and publish
+/// detections and events to Kafka (docs/detection.md).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// The model's manifest (TOML); its `.onnx` file is resolved next to it
+    /// unless `models_dir` is set.
+    pub model: PathBuf,
+    /// Directory holding the model files named by the manifest.
+    #[serde(default)]
+    pub models_dir: Option<PathBuf>,
+    /// ONNX Runtime shared library; default: the `ORT_DYLIB_PATH` variable.
+    #[serde(default)]
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Frames inferred per second and camera (sampled by media time); 0 =
+    /// keyframes only, which also decodes keyframes only.
+    #[serde(default = "default_infer_fps")]
+    pub infer_fps: f64,
+    /// Topic of detection records (`camfleet.detections.v1` schema).
+    #[serde(default = "default_detections_topic")]
+    pub detections_topic: String,
+    /// Topic of per-camera events (appeared/left, dark, covered, frozen).
+    #[serde(default = "default_events_topic")]
+    pub events_topic: String,
+}
+
+fn default_infer_fps() -> f64 {
+    2.0
+}
+fn default_detections_topic() -> String {
+    crate::wire::DETECTIONS_TOPIC.into()
+}
+fn default_events_topic() -> String {
+    crate::wire::EVENTS_TOPIC.into()
+}
+
+impl InferenceConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.model.as_os_str().is_empty() {
+            return Err(invalid("inference.model", "is empty"));
+        }
+        if !(0.0..=60.0).contains(&self.infer_fps) || self.infer_fps.is_nan() {
+            return Err(invalid(
+                "inference.infer_fps",
+                "must be 0 (keyframes only) to 60",
+            ));
+        }
+        for (field, topic) in [
+            ("inference.detections_topic", &self.detections_topic),
+            ("inference.events_topic", &self.events_topic),
+        ] {
+            if topic.is_empty()
+                || !topic
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err(invalid(
+                    field,
+                    format!("{topic:?} is not a legal Kafka topic name"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -594,6 +747,9 @@ impl CollectorConfig {
         if self.archive.idle_flush_ms < 100 {
             return Err(invalid("archive.idle_flush_ms", "must be at least 100"));
         }
+        if let Some(inference) = &self.inference {
+            inference.validate()?;
+        }
         validate_listen("http.listen", &self.http.listen)
     }
 }
@@ -665,6 +821,44 @@ encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
         assert!(agent_err(&tiny).contains("spool.max_bytes"));
         let listen = format!("{AGENT}\n[http]\nlisten = \"nowhere\"\n");
         assert!(agent_err(&listen).contains("http.listen"));
+    }
+
+    #[test]
+    fn encoder_settings_parse_and_are_checked() {
+        let full = AGENT.replace(
+            "keyframe_interval_frames = 30 }",
+            "keyframe_interval_frames = 30, width = 640, height = 360, max_fps = 10, \
+             rate_control = \"quality\", complexity = \"high\", adaptive_quantization = false }",
+        );
+        let c = AgentConfig::from_toml(&full).unwrap();
+        let e = &c.cameras[1].encoder;
+        assert_eq!(
+            (e.width, e.height, e.max_fps),
+            (Some(640), Some(360), Some(10))
+        );
+        assert_eq!(e.rate_control, RateControl::Quality);
+        assert_eq!(e.complexity, EncoderComplexity::High);
+        assert!(!e.adaptive_quantization && !e.background_detection);
+        for (change, field) in [
+            ("width = 640, height = 360", "encoder.width"),
+            ("width = 641, height = 360", "encoder.width"),
+            ("height = 360", "encoder.width"),
+            ("max_fps = 0", "encoder.max_fps"),
+            ("rate_control = \"cbr\"", "cbr"),
+            ("complexity = \"extreme\"", "extreme"),
+        ] {
+            let bad = AGENT.replace(
+                "keyframe_interval_frames = 30 }",
+                &format!("keyframe_interval_frames = 30, {change} }}"),
+            );
+            let bad = if change.starts_with("width = 640") {
+                bad.replace("width = 640", "width = 8000")
+            } else {
+                bad
+            };
+            let err = agent_err(&bad);
+            assert!(err.contains(field), "{change}: {err}");
+        }
     }
 
     #[test]

@@ -79,6 +79,10 @@ pub fn render_into(width: u32, height: u32, index: u64, buf: &mut Vec<u8>) {
     for bit in 0..BITS as usize {
         let on = (index >> (BITS as usize - 1 - bit)) & 1 == 1;
         let x0 = 2 + bit * block;
+        // Pictures narrower than the band (under 130 px) carry only its first bits.
+        if x0 >= w {
+            break;
+        }
         for row in 2..(2 + block).min(h) {
             let end = (x0 + block).min(w);
             y[row * w + x0..row * w + end].fill(if on { 16 } else { 235 });

@@ -70,9 +70,14 @@ impl Y4mFile {
             return Ok(false);
         }
         if !line.starts_with(b"FRAME") || line.last() != Some(&b'\n') {
+            let at = self.reader.stream_position().map_err(io)? - n as u64;
             return Err(SourceError::Y4m {
                 path: self.path.clone(),
-                reason: format!("expected a FRAME line before frame {}", self.next),
+                reason: format!(
+                    "at byte {at}: expected a FRAME line before frame {} (found {:?})",
+                    self.next,
+                    String::from_utf8_lossy(&line[..line.len().min(16)])
+                ),
             });
         }
         // Only a new buffer's first use pays for zeroing; read_exact overwrites it all.
@@ -228,5 +233,24 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{header:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_malformed_frame_is_rejected_with_its_byte_offset() {
+        let header = "YUV4MPEG2 W4 H2 F25:1\n";
+        let mut f = write_y4m(header, 2, 12);
+        f.write_all(b"GARBAGE!\n").unwrap();
+        let mut src = Y4mFile::open(f.path(), false, false).unwrap();
+        assert!(src.next_frame(Vec::new()).unwrap().is_some());
+        assert!(src.next_frame(Vec::new()).unwrap().is_some());
+        let err = src.next_frame(Vec::new()).unwrap_err().to_string();
+        let offset = header.len() + 2 * (6 + 12);
+        assert!(
+            err.contains(&format!(
+                "at byte {offset}: expected a FRAME line before frame 2"
+            )),
+            "{err}"
+        );
+        assert!(err.contains("GARBAGE"), "{err}");
     }
 }

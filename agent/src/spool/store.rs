@@ -480,15 +480,6 @@ impl SledStore {
         let mut problems = Vec::new();
         let mut max_frame: std::collections::HashMap<CameraId, u64> = Default::default();
         let mut high: std::collections::HashMap<CameraId, u64> = Default::default();
-        for item in h.high.iter() {
-            let (k, v) = item?;
-            match (record::parse_key(&k), <[u8; 8]>::try_from(v.as_ref())) {
-                (Ok(Key::High(cam)), Ok(b)) => {
-                    high.insert(cam, u64::from_be_bytes(b));
-                }
-                _ => problems.push(format!("high-water record {k:?}: malformed")),
-            }
-        }
         for item in h.db.iter() {
             let (k, v) = item?;
             match record::parse_key(&k) {
@@ -513,6 +504,17 @@ impl SledStore {
                 )),
                 Ok(Key::Format) => {}
                 Err(e) => problems.push(e.to_string()),
+            }
+        }
+        // Marks are read after the frames: a mark is written before its frame,
+        // so while the agent keeps writing, every frame seen has its mark by now.
+        for item in h.high.iter() {
+            let (k, v) = item?;
+            match (record::parse_key(&k), <[u8; 8]>::try_from(v.as_ref())) {
+                (Ok(Key::High(cam)), Ok(b)) => {
+                    high.insert(cam, u64::from_be_bytes(b));
+                }
+                _ => problems.push(format!("high-water record {k:?}: malformed")),
             }
         }
         for (cam, m) in max_frame {

@@ -561,6 +561,7 @@ mod tests {
         let config = EncoderConfig {
             bitrate_kbps: 500,
             keyframe_interval_frames: 30,
+            ..EncoderConfig::default()
         };
         let mut enc = H264Encoder::new(format, &config).unwrap();
         (0..n)
