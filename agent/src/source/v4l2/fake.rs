@@ -26,6 +26,10 @@ pub struct FakeState {
     pub payload: Payload,
     pub opens: u32,
     pub streaming: bool,
+    /// Sleep one frame interval per buffer, as a camera does.
+    pub paced: bool,
+    /// Pull the plug when this many more buffers have been served.
+    pub unplug_after: Option<u32>,
 }
 
 #[derive(Clone)]
@@ -69,6 +73,8 @@ impl FakeCamera {
             payload: Box::new(flat_payload),
             opens: 0,
             streaming: false,
+            paced: false,
+            unplug_after: None,
         })))
     }
 
@@ -128,6 +134,7 @@ impl V4l2Opener for FakeOpener {
             interval: None,
             sequence: 0,
             buf: Vec::new(),
+            start_us: 0,
         }))
     }
 
@@ -145,6 +152,18 @@ pub struct FakeDevice {
     interval: Option<Interval>,
     sequence: u32,
     buf: Vec<u8>,
+    /// CLOCK_MONOTONIC at stream start, µs: buffer timestamps count from it.
+    start_us: u64,
+}
+
+fn monotonic_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
 }
 
 impl FakeDevice {
@@ -230,14 +249,30 @@ impl V4l2Device for FakeDevice {
     fn start_stream(&mut self, _buffers: u32) -> io::Result<()> {
         self.alive()?;
         self.camera.state().streaming = true;
+        self.start_us = monotonic_us();
         Ok(())
     }
 
     fn next_buffer(&mut self) -> io::Result<CapturedBuffer<'_>> {
         self.alive()?;
         let format = self.format.expect("set_format before streaming");
+        let interval_us = self
+            .interval
+            .map_or(33_333, |i| 1_000_000 * i.num as u64 / i.den as u64);
+        if self.camera.state().paced {
+            std::thread::sleep(std::time::Duration::from_micros(interval_us));
+        }
         {
             let mut s = self.camera.state();
+            match s.unplug_after {
+                Some(0) => {
+                    s.plugged = false;
+                    s.unplug_after = None;
+                    return Err(io::Error::from_raw_os_error(libc::ENODEV));
+                }
+                Some(n) => s.unplug_after = Some(n - 1),
+                None => {}
+            }
             self.buf = match s.scripted.pop_front() {
                 Some(b) => b,
                 None => (s.payload)(self.sequence, &format),
@@ -245,13 +280,10 @@ impl V4l2Device for FakeDevice {
         }
         let seq = self.sequence;
         self.sequence += 1;
-        let interval_us = self
-            .interval
-            .map_or(33_333, |i| 1_000_000 * i.num as u64 / i.den as u64);
         Ok(CapturedBuffer {
             bytes: &self.buf,
-            // As if the camera started 1000 s after boot.
-            monotonic_us: Some(1_000_000_000 + seq as u64 * interval_us),
+            // A perfectly regular sensor, on the kernel's monotonic clock.
+            monotonic_us: Some(self.start_us + seq as u64 * interval_us),
             sequence: seq,
         })
     }
