@@ -109,12 +109,15 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             check_spool(&cfg)?;
+            check_kafka_security(&cfg)?;
             if check_kafka {
                 let sink = KafkaSink::new(&cfg.kafka)?;
                 let partitions = sink.check_topic(std::time::Duration::from_secs(10))?;
                 println!(
-                    "ok kafka {} topic {} ({partitions} partitions)",
-                    cfg.kafka.connection.bootstrap_servers, cfg.kafka.connection.topic
+                    "ok kafka {} topic {} ({partitions} partitions, {})",
+                    cfg.kafka.connection.bootstrap_servers,
+                    cfg.kafka.connection.topic,
+                    cfg.kafka.connection.security_protocol.as_str()
                 );
             }
             println!("config {} is valid", config.display());
@@ -167,6 +170,32 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `validate`: the password file and certificates are readable; prints the
+/// security settings, never the password.
+fn check_kafka_security(cfg: &AgentConfig) -> anyhow::Result<()> {
+    let k = &cfg.kafka.connection;
+    let props = k.client_properties(&camfleet_agent::sink::kafka::read_file)?;
+    let mut line = format!("ok kafka security {}", k.security_protocol.as_str());
+    if let Some(ca) = props.get("ssl.ca.location") {
+        line += &format!(", CA {ca}");
+    } else if k.security_protocol.uses_tls() {
+        line += ", CA from the system trust store";
+    }
+    if let Some(sasl) = &k.sasl {
+        let source = match &sasl.password_file {
+            Some(f) => format!("password from {}", f.display()),
+            None => "password in the config".to_string(),
+        };
+        line += &format!(
+            ", SASL {} as {} ({source})",
+            sasl.mechanism.librdkafka_name(),
+            sasl.username
+        );
+    }
+    println!("{line}");
+    Ok(())
 }
 
 /// `validate`: the spool directory is writable and the budget fits the disk.

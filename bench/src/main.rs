@@ -12,6 +12,7 @@ mod encode;
 mod kafka;
 mod latency;
 mod measure;
+mod producer;
 mod quality;
 mod spool;
 mod table;
@@ -127,6 +128,22 @@ enum Section {
         /// The agent binary; default: camfleet-agent next to this binary.
         #[arg(long)]
         agent: Option<PathBuf>,
+    },
+    /// The agent's Kafka sink alone on pre-encoded real H.264: compression
+    /// codecs (broker bytes, CPU, ack latency) and plaintext vs SASL_SSL.
+    Producer {
+        /// A Y4M clip (repeat for several).
+        #[arg(long = "clip", required = true)]
+        clips: Vec<PathBuf>,
+        /// Frames sent per clip and setting, at the clip's rate.
+        #[arg(long, default_value_t = 300)]
+        frames: u64,
+        /// Encoder bitrate.
+        #[arg(long, default_value_t = 4000)]
+        kbps: u32,
+        /// Runs per setting; the median (by CPU) is shown.
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
     },
     /// (internal, for `spool`) Write frames into a spool until killed.
     #[command(hide = true)]
@@ -249,6 +266,21 @@ async fn main() -> anyhow::Result<()> {
                 work,
             };
             spool::run(&kafka, args, results).await
+        }
+        Section::Producer {
+            clips,
+            frames,
+            kbps,
+            reps,
+        } => {
+            let kafka = kafka::Kafka::from_env()?;
+            let args = producer::Args {
+                clips,
+                frames,
+                kbps,
+                reps,
+            };
+            producer::run(&kafka, args, results).await
         }
         Section::SpoolFill {
             dir,

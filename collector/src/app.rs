@@ -83,6 +83,7 @@ impl<A: Archive> Collector<A> {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, CollectorError> {
         let consumer: StreamConsumer<RebalanceLog> = consume::consumer_config(&config.kafka)
+            .map_err(|e| CollectorError::Kafka(format!("consumer: {e}")))?
             .create_with_context(RebalanceLog::default())
             .map_err(|e| CollectorError::Kafka(format!("consumer: {e}")))?;
         consumer
@@ -93,6 +94,7 @@ impl<A: Archive> Collector<A> {
         } else {
             Some(
                 consume::dead_letter_producer_config(&config.kafka)
+                    .map_err(|e| CollectorError::Kafka(format!("dead-letter producer: {e}")))?
                     .create()
                     .map_err(|e| CollectorError::Kafka(format!("dead-letter producer: {e}")))?,
             )

@@ -13,7 +13,7 @@
 //! The broker limits metadata to `offset.metadata.max.bytes` (default 4096,
 //! about 100 cameras per partition); the project's broker config raises it.
 
-use camfleet_shared::config::CollectorKafkaConfig;
+use camfleet_shared::config::{CollectorKafkaConfig, ConfigError};
 use camfleet_shared::wire::{self, WireError};
 use camfleet_shared::CameraId;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
@@ -53,10 +53,23 @@ impl ConsumerContext for RebalanceLog {
     }
 }
 
-pub fn consumer_config(config: &CollectorKafkaConfig) -> ClientConfig {
+/// Bootstrap servers, security settings (the mapping shared with the agent,
+/// `KafkaConfig::client_properties`; the password file is read here) and
+/// `librdkafka_options`, applied after the collector's own settings.
+fn apply_connection(
+    c: &mut ClientConfig,
+    config: &CollectorKafkaConfig,
+) -> Result<(), ConfigError> {
+    let props = config.connection.client_properties(&|p| std::fs::read(p))?;
+    for (k, v) in props.iter() {
+        c.set(k, v);
+    }
+    Ok(())
+}
+
+pub fn consumer_config(config: &CollectorKafkaConfig) -> Result<ClientConfig, ConfigError> {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.connection.bootstrap_servers)
-        .set("group.id", &config.group_id)
+    c.set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -66,23 +79,20 @@ pub fn consumer_config(config: &CollectorKafkaConfig) -> ClientConfig {
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "3000")
         .set("client.id", "camfleet-collector");
-    for (k, v) in &config.connection.librdkafka_options {
-        c.set(k, v);
-    }
-    c
+    apply_connection(&mut c, config)?;
+    Ok(c)
 }
 
-pub fn dead_letter_producer_config(config: &CollectorKafkaConfig) -> ClientConfig {
+pub fn dead_letter_producer_config(
+    config: &CollectorKafkaConfig,
+) -> Result<ClientConfig, ConfigError> {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.connection.bootstrap_servers)
-        .set("enable.idempotence", "true")
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.max.bytes", (8 << 20).to_string())
         .set("client.id", "camfleet-collector-dlq");
-    for (k, v) in &config.connection.librdkafka_options {
-        c.set(k, v);
-    }
-    c
+    apply_connection(&mut c, config)?;
+    Ok(c)
 }
 
 /// Reads the optional `cf.evicted` header from a record's headers: the

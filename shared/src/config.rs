@@ -11,6 +11,12 @@ use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+mod kafka_security;
+pub use kafka_security::{
+    is_sensitive_property, ClientProperties, KafkaSaslConfig, KafkaTlsConfig, SaslMechanism,
+    Secret, SecurityProtocol,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
@@ -27,7 +33,8 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Connection to the Kafka cluster, shared by agent and collector.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+/// `Debug` redacts secrets (see `config/kafka_security.rs`).
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list.
@@ -35,9 +42,34 @@ pub struct KafkaConfig {
     /// The video topic.
     #[serde(default = "default_video_topic")]
     pub topic: String,
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+    /// `[kafka.tls]`: CA, client certificate, hostname check (ssl, sasl_ssl).
+    #[serde(default)]
+    pub tls: Option<KafkaTlsConfig>,
+    /// `[kafka.sasl]`: mechanism, username, password or password_file.
+    #[serde(default)]
+    pub sasl: Option<KafkaSaslConfig>,
     /// Extra librdkafka properties (`"socket.timeout.ms" = "5000"`), applied last.
     #[serde(default)]
     pub librdkafka_options: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("topic", &self.topic)
+            .field("security_protocol", &self.security_protocol)
+            .field("tls", &self.tls)
+            .field("sasl", &self.sasl)
+            .field(
+                "librdkafka_options",
+                &kafka_security::RedactedOptions(&self.librdkafka_options),
+            )
+            .finish()
+    }
 }
 
 fn default_video_topic() -> String {
@@ -73,7 +105,7 @@ impl KafkaConfig {
                 format!("{t:?} is not a legal Kafka topic name"),
             ));
         }
-        Ok(())
+        self.validate_security(prefix)
     }
 }
 
