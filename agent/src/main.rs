@@ -32,6 +32,13 @@ enum Command {
         #[arg(long)]
         check_kafka: bool,
     },
+    /// List V4L2 cameras (/dev/video*): driver, card, bus, capabilities,
+    /// pixel formats, sizes and frame rates. Exits 0 when there are none.
+    Probe {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Look at the disk spool (works while the agent runs or is stopped).
     Spool {
         #[command(subcommand)]
@@ -117,6 +124,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Spool { command } => spool_command(command).await,
+        Command::Probe { json } => {
+            use camfleet_agent::source::v4l2;
+            let report = v4l2::probe(&v4l2::real::RealOpener);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(())
+        }
         Command::Run { config } => {
             let cfg = load(&config)?;
             if !cfg.http.listen.is_empty() {

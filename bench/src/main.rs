@@ -7,6 +7,7 @@
 
 mod agent;
 mod cameras;
+mod convert;
 mod encode;
 mod kafka;
 mod latency;
@@ -43,6 +44,15 @@ enum Section {
         /// Encode at most this many frames of each clip.
         #[arg(long)]
         frames: Option<u64>,
+        /// Runs per implementation; the least CPU time counts.
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+    },
+    /// Camera pixel formats (YUYV, NV12, MJPEG) -> I420: CPU per 720p frame, ours vs ffmpeg.
+    Convert {
+        /// Frames converted per run.
+        #[arg(long, default_value_t = 120)]
+        frames: u32,
         /// Runs per implementation; the least CPU time counts.
         #[arg(long, default_value_t = 3)]
         reps: u32,
@@ -174,6 +184,14 @@ async fn main() -> anyhow::Result<()> {
             };
             encode::run(args, results).await
         }
+        Section::Convert { frames, reps } => convert::run(
+            convert::Args {
+                frames: frames.max(1),
+                reps: reps.max(1),
+                work,
+            },
+            results,
+        ),
         Section::Latency { seconds, agent } => {
             let kafka = kafka::Kafka::from_env()?;
             let args = latency::Args {

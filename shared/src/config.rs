@@ -353,10 +353,60 @@ pub enum SourceConfig {
         #[serde(default)]
         unpaced: bool,
     },
+    /// A V4L2 capture device (docs/v4l2.md); list what it offers with `camfleet-agent probe`.
+    V4l2 {
+        /// Device node, e.g. `/dev/video0`.
+        device: PathBuf,
+        /// Requested frame width in pixels.
+        width: u32,
+        /// Requested frame height in pixels.
+        height: u32,
+        /// Requested frame rate, frames per second.
+        #[serde(default = "default_fps")]
+        fps: u32,
+        /// Absent: the best the device offers for the size and rate (raw
+        /// YUYV/NV12 first, else MJPEG).
+        #[serde(default)]
+        pixel_format: Option<V4l2PixelFormat>,
+        /// false: use the nearest size/rate the device offers and log a note;
+        /// true: anything but the exact request is an error.
+        #[serde(default)]
+        exact: bool,
+        /// Memory-mapped capture buffers queued in the driver.
+        #[serde(default = "default_v4l2_buffers")]
+        buffers: u32,
+    },
 }
 
 const fn default_fps() -> u32 {
     30
+}
+
+/// Pixel formats the agent can capture from a V4L2 device (converted to I420).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum V4l2PixelFormat {
+    /// Packed 4:2:2 (`YUYV`), the raw format every UVC webcam offers.
+    Yuyv,
+    /// Semi-planar 4:2:0 (`NV12`), common on SoC camera interfaces.
+    Nv12,
+    /// Motion JPEG (`MJPG`): compressed by the camera, needed for large sizes
+    /// at full rate over USB 2.
+    Mjpeg,
+}
+
+impl V4l2PixelFormat {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            V4l2PixelFormat::Yuyv => "YUYV",
+            V4l2PixelFormat::Nv12 => "NV12",
+            V4l2PixelFormat::Mjpeg => "MJPEG",
+        }
+    }
+}
+
+const fn default_v4l2_buffers() -> u32 {
+    4
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -510,6 +560,9 @@ impl AgentConfig {
             }
             if let SourceConfig::TestPattern {
                 width, height, fps, ..
+            }
+            | SourceConfig::V4l2 {
+                width, height, fps, ..
             } = &cam.source
             {
                 if *width < 64 || *height < 64 || width % 2 != 0 || height % 2 != 0 {
@@ -523,6 +576,19 @@ impl AgentConfig {
                 }
                 if !(1..=120).contains(fps) {
                     return Err(invalid(at("source.fps"), "must be 1..=120"));
+                }
+            }
+            if let SourceConfig::V4l2 {
+                device, buffers, ..
+            } = &cam.source
+            {
+                if device.as_os_str().is_empty() {
+                    return Err(invalid(at("source.device"), "is empty"));
+                }
+                // Fewer than 2 stalls the driver while we convert; more than 32
+                // only adds latency and pinned memory.
+                if !(2..=32).contains(buffers) {
+                    return Err(invalid(at("source.buffers"), "must be 2..=32"));
                 }
             }
             cam.encoder.validate(at)?;
@@ -839,6 +905,88 @@ encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
         let always = format!("{AGENT}\n[spool]\nmode = \"always\"\n");
         let c = AgentConfig::from_toml(&always).unwrap();
         assert_eq!(c.spool.flush_every_ms(), 0);
+    }
+
+    const V4L2: &str = r#"
+data_dir = "/var/lib/camfleet"
+[kafka]
+bootstrap_servers = "127.0.0.1:19092"
+[[camera]]
+id = "depot/door"
+source = { kind = "v4l2", device = "/dev/video0", width = 1280, height = 720 }
+"#;
+
+    #[test]
+    fn v4l2_source_parses_with_defaults() {
+        let c = AgentConfig::from_toml(V4L2).unwrap();
+        assert_eq!(
+            c.cameras[0].source,
+            SourceConfig::V4l2 {
+                device: PathBuf::from("/dev/video0"),
+                width: 1280,
+                height: 720,
+                fps: 30,
+                pixel_format: None,
+                exact: false,
+                buffers: 4,
+            }
+        );
+        let full = V4L2.replace(
+            "height = 720 }",
+            "height = 720, fps = 15, pixel_format = \"mjpeg\", exact = true, buffers = 8 }",
+        );
+        let c = AgentConfig::from_toml(&full).unwrap();
+        assert!(matches!(
+            c.cameras[0].source,
+            SourceConfig::V4l2 {
+                fps: 15,
+                pixel_format: Some(V4l2PixelFormat::Mjpeg),
+                exact: true,
+                buffers: 8,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn v4l2_source_rejects_bad_values_naming_the_field() {
+        for (from, to, want) in [
+            (
+                "width = 1280",
+                "width = 1281",
+                "camera[0] (depot/door).source",
+            ),
+            ("width = 1280", "width = 32", "must be even and >= 64"),
+            ("height = 720", "height = 8640", "larger than 7680x4320"),
+            ("height = 720 }", "height = 720, fps = 0 }", "source.fps"),
+            ("height = 720 }", "height = 720, fps = 121 }", "source.fps"),
+            (
+                "height = 720 }",
+                "height = 720, buffers = 1 }",
+                "source.buffers",
+            ),
+            (
+                "height = 720 }",
+                "height = 720, buffers = 33 }",
+                "source.buffers",
+            ),
+            ("\"/dev/video0\"", "\"\"", "source.device"),
+            (
+                "height = 720 }",
+                "height = 720, pixel_format = \"rgb24\" }",
+                "rgb24",
+            ),
+            (
+                "height = 720 }",
+                "height = 720, loop_file = true }",
+                "loop_file",
+            ),
+        ] {
+            let text = V4L2.replace(from, to);
+            assert_ne!(text, V4L2, "{from} not in the example");
+            let err = agent_err(&text);
+            assert!(err.contains(want), "{to}: {err}");
+        }
     }
 
     const COLLECTOR: &str = r#"
