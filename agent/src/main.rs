@@ -32,6 +32,13 @@ enum Command {
         #[arg(long)]
         check_kafka: bool,
     },
+    /// List V4L2 cameras (/dev/video*): driver, card, bus, capabilities,
+    /// pixel formats, sizes and frame rates. Exits 0 when there are none.
+    Probe {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Look at the disk spool (works while the agent runs or is stopped).
     Spool {
         #[command(subcommand)]
@@ -102,18 +109,31 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             check_spool(&cfg)?;
+            check_kafka_security(&cfg)?;
             if check_kafka {
                 let sink = KafkaSink::new(&cfg.kafka)?;
                 let partitions = sink.check_topic(std::time::Duration::from_secs(10))?;
                 println!(
-                    "ok kafka {} topic {} ({partitions} partitions)",
-                    cfg.kafka.connection.bootstrap_servers, cfg.kafka.connection.topic
+                    "ok kafka {} topic {} ({partitions} partitions, {})",
+                    cfg.kafka.connection.bootstrap_servers,
+                    cfg.kafka.connection.topic,
+                    cfg.kafka.connection.security_protocol.as_str()
                 );
             }
             println!("config {} is valid", config.display());
             Ok(())
         }
         Command::Spool { command } => spool_command(command).await,
+        Command::Probe { json } => {
+            use camfleet_agent::source::v4l2;
+            let report = v4l2::probe(&v4l2::real::RealOpener);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(())
+        }
         Command::Run { config } => {
             let cfg = load(&config)?;
             if !cfg.http.listen.is_empty() {
@@ -150,6 +170,32 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `validate`: the password file and certificates are readable; prints the
+/// security settings, never the password.
+fn check_kafka_security(cfg: &AgentConfig) -> anyhow::Result<()> {
+    let k = &cfg.kafka.connection;
+    let props = k.client_properties(&camfleet_agent::sink::kafka::read_file)?;
+    let mut line = format!("ok kafka security {}", k.security_protocol.as_str());
+    if let Some(ca) = props.get("ssl.ca.location") {
+        line += &format!(", CA {ca}");
+    } else if k.security_protocol.uses_tls() {
+        line += ", CA from the system trust store";
+    }
+    if let Some(sasl) = &k.sasl {
+        let source = match &sasl.password_file {
+            Some(f) => format!("password from {}", f.display()),
+            None => "password in the config".to_string(),
+        };
+        line += &format!(
+            ", SASL {} as {} ({source})",
+            sasl.mechanism.librdkafka_name(),
+            sasl.username
+        );
+    }
+    println!("{line}");
+    Ok(())
 }
 
 /// `validate`: the spool directory is writable and the budget fits the disk.

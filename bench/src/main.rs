@@ -7,11 +7,13 @@
 
 mod agent;
 mod cameras;
+mod convert;
 mod detect;
 mod encode;
 mod kafka;
 mod latency;
 mod measure;
+mod producer;
 mod quality;
 mod spool;
 mod table;
@@ -43,6 +45,15 @@ enum Section {
         /// Encode at most this many frames of each clip.
         #[arg(long)]
         frames: Option<u64>,
+        /// Runs per implementation; the least CPU time counts.
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+    },
+    /// Camera pixel formats (YUYV, NV12, MJPEG) -> I420: CPU per 720p frame, ours vs ffmpeg.
+    Convert {
+        /// Frames converted per run.
+        #[arg(long, default_value_t = 120)]
+        frames: u32,
         /// Runs per implementation; the least CPU time counts.
         #[arg(long, default_value_t = 3)]
         reps: u32,
@@ -141,6 +152,22 @@ enum Section {
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/detect/ort_peer.py"))]
         peer: PathBuf,
     },
+    /// The agent's Kafka sink alone on pre-encoded real H.264: compression
+    /// codecs (broker bytes, CPU, ack latency) and plaintext vs SASL_SSL.
+    Producer {
+        /// A Y4M clip (repeat for several).
+        #[arg(long = "clip", required = true)]
+        clips: Vec<PathBuf>,
+        /// Frames sent per clip and setting, at the clip's rate.
+        #[arg(long, default_value_t = 300)]
+        frames: u64,
+        /// Encoder bitrate.
+        #[arg(long, default_value_t = 4000)]
+        kbps: u32,
+        /// Runs per setting; the median (by CPU) is shown.
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+    },
     /// (internal, for `spool`) Write frames into a spool until killed.
     #[command(hide = true)]
     SpoolFill {
@@ -180,6 +207,14 @@ async fn main() -> anyhow::Result<()> {
             };
             encode::run(args, results).await
         }
+        Section::Convert { frames, reps } => convert::run(
+            convert::Args {
+                frames: frames.max(1),
+                reps: reps.max(1),
+                work,
+            },
+            results,
+        ),
         Section::Latency { seconds, agent } => {
             let kafka = kafka::Kafka::from_env()?;
             let args = latency::Args {
@@ -276,6 +311,21 @@ async fn main() -> anyhow::Result<()> {
             },
             results,
         ),
+        Section::Producer {
+            clips,
+            frames,
+            kbps,
+            reps,
+        } => {
+            let kafka = kafka::Kafka::from_env()?;
+            let args = producer::Args {
+                clips,
+                frames,
+                kbps,
+                reps,
+            };
+            producer::run(&kafka, args, results).await
+        }
         Section::SpoolFill {
             dir,
             bytes,

@@ -695,7 +695,7 @@ async fn kafka_peer(
         "topic": topic,
     }))?;
     let payload: Vec<u8> = (0..size).map(|i| (i * 7 + 13) as u8).collect();
-    let producer: FutureProducer = camfleet_agent::sink::kafka::producer_config(&cfg).create()?;
+    let producer: FutureProducer = camfleet_agent::sink::kafka::producer_config(&cfg)?.create()?;
     // Connected, with a producer id and the topic's leader, before the clock starts.
     let warm = FutureRecord::<str, [u8]>::to(&topic)
         .key(CAMERA)

@@ -1,11 +1,13 @@
 //! The collector's main loop: consume -> check continuity -> segment ->
-//! archive -> commit.
+//! archive, and fan out to the processors (`crate::fanout`) -> commit.
 //!
 //! Architecture Invariant (DESIGN.md invariant 3): an offset is committed only
-//! when every frame below it is durable in the archive or was dead-lettered.
+//! when every frame below it is durable in the archive or was dead-lettered,
+//! and every processor has finished (or deliberately skipped) it.
 //! The committed offset of partition `p` is the minimum of
 //! * the first offset of every open (unarchived) segment from `p`,
 //! * the first chunk offset of every partially reassembled frame from `p`,
+//! * the first offset of the oldest frame of `p` a processor has not finished,
 //! * one past the last record consumed from `p`;
 //!
 //! and the commit carries each camera's archived watermark, so a replay skips
@@ -16,6 +18,7 @@
 use crate::archive::{mpegts, segment_path, Archive, ArchiveError};
 use crate::consume::{self, RebalanceLog};
 use crate::continuity::{self, Continuity, Verdict};
+use crate::fanout::{FanOut, Frame, Processor};
 use crate::segmenter::{Segment, SegmentFrame, SegmentPolicy, Segmenter};
 use crate::stats::Stats;
 use bytes::Bytes;
@@ -61,18 +64,26 @@ pub struct Collector<A: Archive> {
     pending: Vec<Segment>,
     /// Last commit sent per partition (offset, metadata), to skip no-op commits.
     committed: HashMap<i32, (i64, String)>,
+    /// The processors' safe offsets taken as they stopped (shutdown only).
+    frozen_processor_safe: Option<HashMap<i32, Option<i64>>>,
     stats: Arc<Stats>,
+    fanout: FanOut,
     shutdown: watch::Receiver<bool>,
 }
+
+/// Frames queued per processor (about 4 s of 8 cameras at 30 fps).
+pub const PROCESSOR_QUEUE_FRAMES: usize = 1024;
 
 impl<A: Archive> Collector<A> {
     pub fn new(
         config: CollectorConfig,
         archive: A,
         stats: Arc<Stats>,
+        processors: Vec<Box<dyn Processor>>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, CollectorError> {
         let consumer: StreamConsumer<RebalanceLog> = consume::consumer_config(&config.kafka)
+            .map_err(|e| CollectorError::Kafka(format!("consumer: {e}")))?
             .create_with_context(RebalanceLog::default())
             .map_err(|e| CollectorError::Kafka(format!("consumer: {e}")))?;
         consumer
@@ -83,6 +94,7 @@ impl<A: Archive> Collector<A> {
         } else {
             Some(
                 consume::dead_letter_producer_config(&config.kafka)
+                    .map_err(|e| CollectorError::Kafka(format!("dead-letter producer: {e}")))?
                     .create()
                     .map_err(|e| CollectorError::Kafka(format!("dead-letter producer: {e}")))?,
             )
@@ -105,7 +117,9 @@ impl<A: Archive> Collector<A> {
             loaded: HashSet::new(),
             pending: Vec::new(),
             committed: HashMap::new(),
+            frozen_processor_safe: None,
             stats,
+            fanout: FanOut::start(processors, PROCESSOR_QUEUE_FRAMES),
             shutdown,
         })
     }
@@ -175,6 +189,13 @@ impl<A: Archive> Collector<A> {
                 tracing::warn!(%camera, "shutdown budget spent; open segment left for replay");
             }
         }
+        // What the processors have not finished by now stays uncommitted.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let fanout = std::mem::take(&mut self.fanout);
+        let safe: Vec<(i32, Option<i64>)> =
+            self.consumed.keys().map(|&p| (p, fanout.safe(p))).collect();
+        fanout.stop(left.min(Duration::from_secs(1))).await;
+        self.frozen_processor_safe = Some(safe.into_iter().collect());
         self.commit(CommitMode::Sync);
         self.consumer.unsubscribe();
         Ok(())
@@ -195,6 +216,7 @@ impl<A: Archive> Collector<A> {
                 self.reassembler.discard(&c);
             }
             self.pending.retain(|seg| seg.first().partition != p);
+            self.fanout.revoke(p);
             self.consumed.remove(&p);
             self.loaded.remove(&p);
             self.committed.remove(&p);
@@ -280,7 +302,13 @@ impl<A: Archive> Collector<A> {
                 self.dead_letter(&msg, "record value is empty").await?
             }
             Ok(Some((meta, bytes, first_offset))) => match self.continuity.check(&meta, p) {
-                Verdict::Archived => self.stats.frames_already_archived(1),
+                Verdict::Archived => {
+                    self.stats.frames_already_archived(1);
+                    // Processors did not necessarily finish it before the
+                    // restart: they see every replayed frame.
+                    self.dispatch(&meta, Bytes::from(bytes), p, first_offset)
+                        .await;
+                }
                 Verdict::Duplicate => self.stats.frames_duplicate(1),
                 Verdict::Accept { missing } => {
                     let evicted = self.evicted_ranges(&msg, &meta);
@@ -316,6 +344,8 @@ impl<A: Archive> Collector<A> {
                         );
                     }
                     self.stats.frames_accepted(1);
+                    let bytes = Bytes::from(bytes);
+                    self.dispatch(&meta, bytes.clone(), p, first_offset).await;
                     let frame = SegmentFrame {
                         meta,
                         annex_b: bytes,
@@ -334,6 +364,19 @@ impl<A: Archive> Collector<A> {
         }
         self.consumed.insert(p, offset + 1);
         Ok(())
+    }
+
+    async fn dispatch(&self, meta: &FrameMeta, annex_b: Bytes, partition: i32, offset: i64) {
+        if self.fanout.is_empty() {
+            return;
+        }
+        let frame = Frame {
+            meta: meta.clone(),
+            annex_b,
+            partition,
+            offset,
+        };
+        self.fanout.dispatch(frame).await;
     }
 
     /// The `cf.evicted` ranges of a whole frame, read from the record that
@@ -522,6 +565,13 @@ impl<A: Archive> Collector<A> {
             for seg in self.pending.iter().filter(|seg| seg.first().partition == p) {
                 safe = safe.min(seg.first().offset);
             }
+            let processors = match &self.frozen_processor_safe {
+                Some(frozen) => frozen.get(&p).copied().flatten(),
+                None => self.fanout.safe(p),
+            };
+            if let Some(o) = processors {
+                safe = safe.min(o);
+            }
             let metadata = consume::encode_watermarks(&self.continuity.watermarks(p));
             if self.committed.get(&p) == Some(&(safe, metadata.clone())) {
                 continue;
@@ -584,8 +634,19 @@ pub async fn run<A: Archive>(
     stats: Arc<Stats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), CollectorError> {
+    run_with(config, archive, stats, Vec::new(), shutdown).await
+}
+
+/// [`run`] with processors beside the archive (see `crate::fanout`).
+pub async fn run_with<A: Archive>(
+    config: CollectorConfig,
+    archive: A,
+    stats: Arc<Stats>,
+    processors: Vec<Box<dyn Processor>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), CollectorError> {
     let (tx, rx) = watch::channel(false);
-    let collector = Collector::new(config, archive, stats, rx)?;
+    let collector = Collector::new(config, archive, stats, processors, rx)?;
     let run = collector.run();
     tokio::pin!(run);
     tokio::select! {

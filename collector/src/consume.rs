@@ -13,7 +13,7 @@
 //! The broker limits metadata to `offset.metadata.max.bytes` (default 4096,
 //! about 100 cameras per partition); the project's broker config raises it.
 
-use camfleet_shared::config::CollectorKafkaConfig;
+use camfleet_shared::config::{CollectorKafkaConfig, ConfigError};
 use camfleet_shared::wire::{self, WireError};
 use camfleet_shared::CameraId;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
@@ -34,7 +34,37 @@ impl RebalanceLog {
     }
 }
 
-impl ClientContext for RebalanceLog {}
+impl ClientContext for RebalanceLog {
+    /// librdkafka's statistics (every `statistics.interval.ms`), per assigned
+    /// partition: records not yet read (`..._consumer_lag_records`: end of
+    /// the partition minus the next record the collector takes) and records
+    /// not yet committed (`..._commit_lag_records`, which also counts the
+    /// open segments and unfinished processor work holding the commit).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for topic in statistics.topics.values() {
+            for (id, p) in &topic.partitions {
+                // -1 = librdkafka's internal "unassigned" partition; offsets
+                // below 0 are "not known yet".
+                if *id < 0 || !p.desired || p.hi_offset < 0 {
+                    continue;
+                }
+                let partition = id.to_string();
+                // Nothing read yet: the position is the commit, or the
+                // partition's start (auto.offset.reset = earliest).
+                let position = [p.app_offset, p.committed_offset, p.lo_offset]
+                    .into_iter()
+                    .find(|o| *o >= 0)
+                    .unwrap_or(0);
+                metrics::gauge!("camfleet_collector_consumer_lag_records", "partition" => partition.clone())
+                    .set((p.hi_offset - position).max(0) as f64);
+                if p.committed_offset >= 0 {
+                    metrics::gauge!("camfleet_collector_commit_lag_records", "partition" => partition)
+                        .set((p.hi_offset - p.committed_offset).max(0) as f64);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceLog {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -53,10 +83,23 @@ impl ConsumerContext for RebalanceLog {
     }
 }
 
-pub fn consumer_config(config: &CollectorKafkaConfig) -> ClientConfig {
+/// Bootstrap servers, security settings (the mapping shared with the agent,
+/// `KafkaConfig::client_properties`; the password file is read here) and
+/// `librdkafka_options`, applied after the collector's own settings.
+fn apply_connection(
+    c: &mut ClientConfig,
+    config: &CollectorKafkaConfig,
+) -> Result<(), ConfigError> {
+    let props = config.connection.client_properties(&|p| std::fs::read(p))?;
+    for (k, v) in props.iter() {
+        c.set(k, v);
+    }
+    Ok(())
+}
+
+pub fn consumer_config(config: &CollectorKafkaConfig) -> Result<ClientConfig, ConfigError> {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.connection.bootstrap_servers)
-        .set("group.id", &config.group_id)
+    c.set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -65,24 +108,23 @@ pub fn consumer_config(config: &CollectorKafkaConfig) -> ClientConfig {
         // others after 10 s instead of librdkafka's 45 s default.
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "3000")
+        // Consumer lag per partition for /metrics.
+        .set("statistics.interval.ms", "5000")
         .set("client.id", "camfleet-collector");
-    for (k, v) in &config.connection.librdkafka_options {
-        c.set(k, v);
-    }
-    c
+    apply_connection(&mut c, config)?;
+    Ok(c)
 }
 
-pub fn dead_letter_producer_config(config: &CollectorKafkaConfig) -> ClientConfig {
+pub fn dead_letter_producer_config(
+    config: &CollectorKafkaConfig,
+) -> Result<ClientConfig, ConfigError> {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.connection.bootstrap_servers)
-        .set("enable.idempotence", "true")
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.max.bytes", (8 << 20).to_string())
         .set("client.id", "camfleet-collector-dlq");
-    for (k, v) in &config.connection.librdkafka_options {
-        c.set(k, v);
-    }
-    c
+    apply_connection(&mut c, config)?;
+    Ok(c)
 }
 
 /// Reads the optional `cf.evicted` header from a record's headers: the

@@ -8,5 +8,7 @@ pub mod archive;
 pub mod consume;
 pub mod continuity;
 pub mod detect;
+pub mod fanout;
+pub mod infer;
 pub mod segmenter;
 pub mod stats;

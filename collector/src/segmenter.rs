@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug)]
 pub struct SegmentFrame {
     pub meta: FrameMeta,
-    pub annex_b: Vec<u8>,
+    pub annex_b: bytes::Bytes,
     pub partition: i32,
     /// Offset of the frame's first record (its first chunk).
     pub offset: i64,
@@ -215,7 +215,7 @@ mod tests {
                 codec: Codec::H264,
                 epoch,
             },
-            annex_b: vec![0; 100],
+            annex_b: vec![0; 100].into(),
             partition: 0,
             offset,
         }

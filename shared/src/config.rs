@@ -11,6 +11,12 @@ use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+mod kafka_security;
+pub use kafka_security::{
+    is_sensitive_property, ClientProperties, KafkaSaslConfig, KafkaTlsConfig, SaslMechanism,
+    Secret, SecurityProtocol,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
@@ -27,7 +33,8 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Connection to the Kafka cluster, shared by agent and collector.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+/// `Debug` redacts secrets (see `config/kafka_security.rs`).
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list.
@@ -35,9 +42,34 @@ pub struct KafkaConfig {
     /// The video topic.
     #[serde(default = "default_video_topic")]
     pub topic: String,
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+    /// `[kafka.tls]`: CA, client certificate, hostname check (ssl, sasl_ssl).
+    #[serde(default)]
+    pub tls: Option<KafkaTlsConfig>,
+    /// `[kafka.sasl]`: mechanism, username, password or password_file.
+    #[serde(default)]
+    pub sasl: Option<KafkaSaslConfig>,
     /// Extra librdkafka properties (`"socket.timeout.ms" = "5000"`), applied last.
     #[serde(default)]
     pub librdkafka_options: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("topic", &self.topic)
+            .field("security_protocol", &self.security_protocol)
+            .field("tls", &self.tls)
+            .field("sasl", &self.sasl)
+            .field(
+                "librdkafka_options",
+                &kafka_security::RedactedOptions(&self.librdkafka_options),
+            )
+            .finish()
+    }
 }
 
 fn default_video_topic() -> String {
@@ -73,7 +105,7 @@ impl KafkaConfig {
                 format!("{t:?} is not a legal Kafka topic name"),
             ));
         }
-        Ok(())
+        self.validate_security(prefix)
     }
 }
 
@@ -321,10 +353,60 @@ pub enum SourceConfig {
         #[serde(default)]
         unpaced: bool,
     },
+    /// A V4L2 capture device (docs/v4l2.md); list what it offers with `camfleet-agent probe`.
+    V4l2 {
+        /// Device node, e.g. `/dev/video0`.
+        device: PathBuf,
+        /// Requested frame width in pixels.
+        width: u32,
+        /// Requested frame height in pixels.
+        height: u32,
+        /// Requested frame rate, frames per second.
+        #[serde(default = "default_fps")]
+        fps: u32,
+        /// Absent: the best the device offers for the size and rate (raw
+        /// YUYV/NV12 first, else MJPEG).
+        #[serde(default)]
+        pixel_format: Option<V4l2PixelFormat>,
+        /// false: use the nearest size/rate the device offers and log a note;
+        /// true: anything but the exact request is an error.
+        #[serde(default)]
+        exact: bool,
+        /// Memory-mapped capture buffers queued in the driver.
+        #[serde(default = "default_v4l2_buffers")]
+        buffers: u32,
+    },
 }
 
 const fn default_fps() -> u32 {
     30
+}
+
+/// Pixel formats the agent can capture from a V4L2 device (converted to I420).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum V4l2PixelFormat {
+    /// Packed 4:2:2 (`YUYV`), the raw format every UVC webcam offers.
+    Yuyv,
+    /// Semi-planar 4:2:0 (`NV12`), common on SoC camera interfaces.
+    Nv12,
+    /// Motion JPEG (`MJPG`): compressed by the camera, needed for large sizes
+    /// at full rate over USB 2.
+    Mjpeg,
+}
+
+impl V4l2PixelFormat {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            V4l2PixelFormat::Yuyv => "YUYV",
+            V4l2PixelFormat::Nv12 => "NV12",
+            V4l2PixelFormat::Mjpeg => "MJPEG",
+        }
+    }
+}
+
+const fn default_v4l2_buffers() -> u32 {
+    4
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -478,6 +560,9 @@ impl AgentConfig {
             }
             if let SourceConfig::TestPattern {
                 width, height, fps, ..
+            }
+            | SourceConfig::V4l2 {
+                width, height, fps, ..
             } = &cam.source
             {
                 if *width < 64 || *height < 64 || width % 2 != 0 || height % 2 != 0 {
@@ -491,6 +576,19 @@ impl AgentConfig {
                 }
                 if !(1..=120).contains(fps) {
                     return Err(invalid(at("source.fps"), "must be 1..=120"));
+                }
+            }
+            if let SourceConfig::V4l2 {
+                device, buffers, ..
+            } = &cam.source
+            {
+                if device.as_os_str().is_empty() {
+                    return Err(invalid(at("source.device"), "is empty"));
+                }
+                // Fewer than 2 stalls the driver while we convert; more than 32
+                // only adds latency and pinned memory.
+                if !(2..=32).contains(buffers) {
+                    return Err(invalid(at("source.buffers"), "must be 2..=32"));
                 }
             }
             cam.encoder.validate(at)?;
@@ -509,6 +607,75 @@ pub struct CollectorConfig {
     pub archive: ArchiveConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// Object detection on the video; absent = off.
+    #[serde(default)]
+    pub inference: Option<InferenceConfig>,
+}
+
+/// `[inference]`: run a detector on each camera's video and publish
+/// detections and events to Kafka (docs/detection.md).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// The model's manifest (TOML); its `.onnx` file is resolved next to it
+    /// unless `models_dir` is set.
+    pub model: PathBuf,
+    /// Directory holding the model files named by the manifest.
+    #[serde(default)]
+    pub models_dir: Option<PathBuf>,
+    /// ONNX Runtime shared library; default: the `ORT_DYLIB_PATH` variable.
+    #[serde(default)]
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Frames inferred per second and camera (sampled by media time); 0 =
+    /// keyframes only, which also decodes keyframes only.
+    #[serde(default = "default_infer_fps")]
+    pub infer_fps: f64,
+    /// Topic of detection records (`camfleet.detections.v1` schema).
+    #[serde(default = "default_detections_topic")]
+    pub detections_topic: String,
+    /// Topic of per-camera events (appeared/left, dark, covered, frozen).
+    #[serde(default = "default_events_topic")]
+    pub events_topic: String,
+}
+
+fn default_infer_fps() -> f64 {
+    2.0
+}
+fn default_detections_topic() -> String {
+    crate::wire::DETECTIONS_TOPIC.into()
+}
+fn default_events_topic() -> String {
+    crate::wire::EVENTS_TOPIC.into()
+}
+
+impl InferenceConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.model.as_os_str().is_empty() {
+            return Err(invalid("inference.model", "is empty"));
+        }
+        if !(0.0..=60.0).contains(&self.infer_fps) || self.infer_fps.is_nan() {
+            return Err(invalid(
+                "inference.infer_fps",
+                "must be 0 (keyframes only) to 60",
+            ));
+        }
+        for (field, topic) in [
+            ("inference.detections_topic", &self.detections_topic),
+            ("inference.events_topic", &self.events_topic),
+        ] {
+            if topic.is_empty()
+                || !topic
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err(invalid(
+                    field,
+                    format!("{topic:?} is not a legal Kafka topic name"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -611,6 +778,9 @@ impl CollectorConfig {
         }
         if self.archive.idle_flush_ms < 100 {
             return Err(invalid("archive.idle_flush_ms", "must be at least 100"));
+        }
+        if let Some(inference) = &self.inference {
+            inference.validate()?;
         }
         validate_listen("http.listen", &self.http.listen)
     }
@@ -735,6 +905,88 @@ encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
         let always = format!("{AGENT}\n[spool]\nmode = \"always\"\n");
         let c = AgentConfig::from_toml(&always).unwrap();
         assert_eq!(c.spool.flush_every_ms(), 0);
+    }
+
+    const V4L2: &str = r#"
+data_dir = "/var/lib/camfleet"
+[kafka]
+bootstrap_servers = "127.0.0.1:19092"
+[[camera]]
+id = "depot/door"
+source = { kind = "v4l2", device = "/dev/video0", width = 1280, height = 720 }
+"#;
+
+    #[test]
+    fn v4l2_source_parses_with_defaults() {
+        let c = AgentConfig::from_toml(V4L2).unwrap();
+        assert_eq!(
+            c.cameras[0].source,
+            SourceConfig::V4l2 {
+                device: PathBuf::from("/dev/video0"),
+                width: 1280,
+                height: 720,
+                fps: 30,
+                pixel_format: None,
+                exact: false,
+                buffers: 4,
+            }
+        );
+        let full = V4L2.replace(
+            "height = 720 }",
+            "height = 720, fps = 15, pixel_format = \"mjpeg\", exact = true, buffers = 8 }",
+        );
+        let c = AgentConfig::from_toml(&full).unwrap();
+        assert!(matches!(
+            c.cameras[0].source,
+            SourceConfig::V4l2 {
+                fps: 15,
+                pixel_format: Some(V4l2PixelFormat::Mjpeg),
+                exact: true,
+                buffers: 8,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn v4l2_source_rejects_bad_values_naming_the_field() {
+        for (from, to, want) in [
+            (
+                "width = 1280",
+                "width = 1281",
+                "camera[0] (depot/door).source",
+            ),
+            ("width = 1280", "width = 32", "must be even and >= 64"),
+            ("height = 720", "height = 8640", "larger than 7680x4320"),
+            ("height = 720 }", "height = 720, fps = 0 }", "source.fps"),
+            ("height = 720 }", "height = 720, fps = 121 }", "source.fps"),
+            (
+                "height = 720 }",
+                "height = 720, buffers = 1 }",
+                "source.buffers",
+            ),
+            (
+                "height = 720 }",
+                "height = 720, buffers = 33 }",
+                "source.buffers",
+            ),
+            ("\"/dev/video0\"", "\"\"", "source.device"),
+            (
+                "height = 720 }",
+                "height = 720, pixel_format = \"rgb24\" }",
+                "rgb24",
+            ),
+            (
+                "height = 720 }",
+                "height = 720, loop_file = true }",
+                "loop_file",
+            ),
+        ] {
+            let text = V4L2.replace(from, to);
+            assert_ne!(text, V4L2, "{from} not in the example");
+            let err = agent_err(&text);
+            assert!(err.contains(want), "{to}: {err}");
+        }
     }
 
     const COLLECTOR: &str = r#"

@@ -42,6 +42,10 @@ pub const FORMAT_VERSION: u32 = 1;
 /// memory a corrupt or hostile chunk sequence can make a consumer hold.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 pub const VIDEO_TOPIC: &str = "camfleet.video.v1";
+/// Detection records, one per inferred frame (docs/detections.schema.json).
+pub const DETECTIONS_TOPIC: &str = "camfleet.detections.v1";
+/// Per-camera events (docs/events.md).
+pub const EVENTS_TOPIC: &str = "camfleet.events.v1";
 
 pub mod header {
     pub const VERSION: &str = "cf.v";

@@ -23,6 +23,29 @@ pub struct Services {
     pub hadoop_conf: String,
 }
 
+/// The SASL_SSL listener of `scripts/services` (docs/security.md).
+pub struct SecureKafka {
+    pub bootstrap: String,
+    /// The CA that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// A CA that signed nothing the broker has.
+    pub other_ca_file: PathBuf,
+    /// The agent's SCRAM user and its password file.
+    pub user: String,
+    pub password_file: PathBuf,
+    pub collector_user: String,
+    pub collector_password_file: PathBuf,
+}
+
+impl SecureKafka {
+    pub fn password(&self) -> String {
+        std::fs::read_to_string(&self.password_file)
+            .unwrap()
+            .trim_end()
+            .to_string()
+    }
+}
+
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!(
@@ -40,6 +63,19 @@ impl Services {
             hdfs: env("HDFS_URL"),
             hadoop_lib: env("CAMFLEET_HADOOP_LIB"),
             hadoop_conf: env("CAMFLEET_HADOOP_CONF"),
+        }
+    }
+
+    /// The SASL_SSL listener and its test CA and SCRAM users.
+    pub fn secure(&self) -> SecureKafka {
+        SecureKafka {
+            bootstrap: env("KAFKA_SECURE_BOOTSTRAP"),
+            ca_file: env("KAFKA_CA_FILE").into(),
+            other_ca_file: env("KAFKA_OTHER_CA_FILE").into(),
+            user: env("KAFKA_SCRAM_USER"),
+            password_file: env("KAFKA_SCRAM_PASSWORD_FILE").into(),
+            collector_user: env("KAFKA_SCRAM_COLLECTOR_USER"),
+            collector_password_file: env("KAFKA_SCRAM_COLLECTOR_PASSWORD_FILE").into(),
         }
     }
 

@@ -65,6 +65,22 @@ fn collector_archives_playable_segments_to_a_local_directory() {
         text.contains("# HELP camfleet_collector_sequence_gap_frames_total"),
         "{text}"
     );
+    // Consumer lag per partition (librdkafka statistics, every 5 s): the
+    // collector has caught up with all three partitions.
+    let mut text = text;
+    wait_until(Duration::from_secs(20), "consumer lag on /metrics", || {
+        text = http_get(&metrics, "/metrics");
+        text.lines()
+            .filter(|l| l.starts_with("camfleet_collector_consumer_lag_records{partition="))
+            .count()
+            == 3
+    });
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with("camfleet_collector_consumer_lag_records{"))
+            .all(|l| l.ends_with(" 0")),
+        "{text}"
+    );
     collector.signal("TERM");
     let summary = collector.wait_summary(Duration::from_secs(15));
     assert_eq!(summary["frames_archived"], n, "{summary}");

@@ -22,20 +22,89 @@ pub enum Delivery {
 pub enum SinkError {
     #[error("Kafka client setup failed: {0}")]
     Setup(String),
-    #[error("Kafka refused frame {seq} of {camera}: {message}")]
+    #[error("Kafka refused frame {seq} of {camera} ({kind}): {message}")]
     Refused {
         camera: String,
         seq: u64,
+        kind: ErrorKind,
         message: String,
     },
     #[error("spool full: frame {seq} of {camera} evicted on arrival")]
     Evicted { camera: String, seq: u64 },
-    #[error("Kafka did not acknowledge frame {seq} of {camera}: {message}")]
+    #[error("Kafka did not acknowledge frame {seq} of {camera} ({kind}): {message}")]
     Delivery {
         camera: String,
         seq: u64,
+        kind: ErrorKind,
         message: String,
     },
+}
+
+impl SinkError {
+    /// What kind of failure a refused or undelivered frame met.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            SinkError::Refused { kind, .. } | SinkError::Delivery { kind, .. } => Some(*kind),
+            SinkError::Setup(_) | SinkError::Evicted { .. } => None,
+        }
+    }
+}
+
+/// Why Kafka did not take a frame (or a connection failed), in the manner of
+/// Vector's Kafka sink: each kind is retriable (the cause is transient and the
+/// same frame can succeed later unchanged) or terminal (nothing succeeds until
+/// an operator changes the config, the credentials, the ACLs or the broker).
+/// Either way the spool keeps the frame (docs/spool.md); the kind decides how
+/// loudly it is logged and is the `kind` label of
+/// `camfleet_agent_delivery_errors_total`. See docs/security.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// No acknowledgement in time (message or request timeout). Retriable.
+    Timeout,
+    /// Broker down, unreachable, not leader, not enough in-sync replicas.
+    /// Retriable: leadership moves and brokers come back.
+    BrokerUnavailable,
+    /// SASL credentials or mechanism rejected. Terminal: needs new credentials.
+    Authentication,
+    /// Authenticated, but ACLs deny the topic or cluster. Terminal.
+    Authorization,
+    /// Record or batch larger than the broker accepts. Terminal for this
+    /// record: the same bytes are refused again.
+    MessageTooLarge,
+    /// TLS handshake failed (untrusted CA, hostname mismatch). Terminal.
+    Tls,
+    /// The broker hung up on the first request: most often a plaintext
+    /// client on a TLS or SASL listener (`security_protocol` mismatch). Terminal.
+    ProtocolMismatch,
+    /// Anything else. Terminal (unknown causes are not retried blindly by
+    /// librdkafka either).
+    Other,
+}
+
+impl ErrorKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::BrokerUnavailable => "broker_unavailable",
+            ErrorKind::Authentication => "authentication",
+            ErrorKind::Authorization => "authorization",
+            ErrorKind::MessageTooLarge => "message_too_large",
+            ErrorKind::Tls => "tls",
+            ErrorKind::ProtocolMismatch => "protocol_mismatch",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// Whether waiting alone can fix it.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, ErrorKind::Timeout | ErrorKind::BrokerUnavailable)
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Resolves when the frame is accepted or has failed for good.

@@ -2,9 +2,12 @@
 //!
 //! A source is synchronous and runs on its own thread; it paces itself (a live
 //! camera is paced by the sensor, a file or test pattern by a timer) unless
-//! configured `unpaced`. V4L2 capture will slot in as a third implementation.
+//! configured `unpaced`. Implementations: a test pattern, Y4M files and V4L2
+//! cameras (with `convert` turning camera pixel formats into I420).
 
+pub mod convert;
 pub mod test_pattern;
+pub mod v4l2;
 pub mod y4m;
 
 use camfleet_shared::config::SourceConfig;
@@ -44,6 +47,11 @@ pub enum SourceError {
     Io { path: String, error: std::io::Error },
     #[error("{path}: not a usable Y4M file: {reason}")]
     Y4m { path: String, reason: String },
+    #[error("device {device}: {error}")]
+    V4l2 {
+        device: String,
+        error: v4l2::V4l2Error,
+    },
 }
 
 pub trait FrameSource: Send {
@@ -76,6 +84,25 @@ pub fn open(config: &SourceConfig) -> Result<Box<dyn FrameSource>, SourceError> 
             loop_file,
             unpaced,
         } => Box::new(y4m::Y4mFile::open(path, *loop_file, !unpaced)?),
+        SourceConfig::V4l2 {
+            device,
+            width,
+            height,
+            fps,
+            pixel_format,
+            exact,
+            buffers,
+        } => Box::new(v4l2::V4l2Source::open(
+            device,
+            v4l2::Request {
+                width: *width,
+                height: *height,
+                fps: *fps,
+                pixel_format: *pixel_format,
+                exact: *exact,
+                buffers: *buffers,
+            },
+        )?),
     })
 }
 

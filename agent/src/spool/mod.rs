@@ -88,7 +88,7 @@ pub mod record;
 pub mod store;
 
 use crate::sequence::{SequenceError, SequenceStore};
-use crate::sink::{AckFuture, Delivery, FrameSink, SinkError};
+use crate::sink::{AckFuture, Delivery, ErrorKind, FrameSink, SinkError};
 use camfleet_shared::clock::Clock;
 use camfleet_shared::config::{SpoolConfig, SpoolMode};
 use camfleet_shared::wire::FrameMeta;
@@ -864,6 +864,7 @@ impl<S: FrameSink> FrameSink for SpoolSink<S> {
                         SinkError::Delivery {
                             camera: meta.camera.to_string(),
                             seq: meta.seq,
+                            kind: ErrorKind::Other,
                             message: format!("cannot spool: {e}"),
                         }
                     })?;
@@ -895,6 +896,7 @@ impl<S: FrameSink> FrameSink for SpoolSink<S> {
                 Err(SinkError::Delivery {
                     camera: String::new(),
                     seq: 0,
+                    kind: ErrorKind::Other,
                     message: "spool worker stopped".into(),
                 })
             })
@@ -1181,6 +1183,7 @@ fn direct_done<S: FrameSink>(
                             let _ = r.send(Err(SinkError::Delivery {
                                 camera: lane.camera.to_string(),
                                 seq,
+                                kind: e.kind().unwrap_or(ErrorKind::Other),
                                 message: format!("{e}; and cannot spool: {se}"),
                             }));
                         }

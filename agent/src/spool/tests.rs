@@ -49,6 +49,7 @@ impl FrameSink for FakeKafka {
                 return Err(SinkError::Delivery {
                     camera: "s/c".into(),
                     seq,
+                    kind: ErrorKind::Timeout,
                     message: "timed out".into(),
                 });
             }

@@ -1,0 +1,5 @@
+//! Object detection on the consumed video (a `crate::fanout` processor).
+
+pub mod decode;
+pub mod record;
+pub mod state;
