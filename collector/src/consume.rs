@@ -118,11 +118,20 @@ pub fn consumer_config(config: &CollectorKafkaConfig) -> Result<ClientConfig, Co
 pub fn dead_letter_producer_config(
     config: &CollectorKafkaConfig,
 ) -> Result<ClientConfig, ConfigError> {
+    producer_config(config, "camfleet-collector-dlq")
+}
+
+/// An idempotent acks=all producer on the collector's connection settings
+/// (dead letters, detections, events).
+pub fn producer_config(
+    config: &CollectorKafkaConfig,
+    client_id: &str,
+) -> Result<ClientConfig, ConfigError> {
     let mut c = ClientConfig::new();
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.max.bytes", (8 << 20).to_string())
-        .set("client.id", "camfleet-collector-dlq");
+        .set("client.id", client_id);
     apply_connection(&mut c, config)?;
     Ok(c)
 }

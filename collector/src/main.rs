@@ -62,6 +62,24 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             check_archive,
         } => {
             let cfg = load(&config)?;
+            if let Some(inference) = &cfg.inference {
+                let models = inference.models_dir();
+                let options = camfleet_collector::detect::DetectorOptions {
+                    ort_dylib: inference.onnxruntime_library.clone(),
+                    ..Default::default()
+                };
+                let detector = camfleet_collector::detect::Detector::load(
+                    &inference.model,
+                    &models,
+                    &options,
+                )?;
+                println!(
+                    "ok model {} {} ({})",
+                    detector.manifest().name,
+                    detector.manifest().version,
+                    inference.model.display()
+                );
+            }
             if check_archive {
                 // The HDFS client retries a refused connection without end; a
                 // check must answer.
@@ -89,9 +107,26 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot serve /metrics on {addr}"))?;
                 Stats::describe();
             }
+            // The model is loaded before anything is consumed: a missing or
+            // mismatched model stops the start with its cause.
+            let mut processors: Vec<Box<dyn camfleet_collector::fanout::Processor>> = Vec::new();
+            if let Some(inference) = &cfg.inference {
+                processors.push(Box::new(
+                    camfleet_collector::infer::processor::InferenceProcessor::new(
+                        inference, &cfg.kafka,
+                    )?,
+                ));
+            }
             let archive = AnyArchive::open(&cfg.archive.root).await?;
             let stats = Arc::new(Stats::default());
-            camfleet_collector::app::run(cfg, archive, stats.clone(), shutdown_signal()).await?;
+            camfleet_collector::app::run_with(
+                cfg,
+                archive,
+                stats.clone(),
+                processors,
+                shutdown_signal(),
+            )
+            .await?;
             println!("{}", stats.to_json());
             Ok(())
         }

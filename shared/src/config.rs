@@ -649,6 +649,15 @@ fn default_events_topic() -> String {
 }
 
 impl InferenceConfig {
+    /// Where the manifest's model file is looked up: `models_dir`, else the
+    /// manifest's own directory.
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir
+            .clone()
+            .or_else(|| self.model.parent().map(|p| p.to_path_buf()))
+            .unwrap_or_default()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.model.as_os_str().is_empty() {
             return Err(invalid("inference.model", "is empty"));

@@ -85,6 +85,12 @@ impl StreamDecoder {
         }
     }
 
+    /// A frame of this camera will never arrive (skipped while inference was
+    /// behind): the chain of references is broken until the next IDR.
+    pub fn lost_frame(&mut self) {
+        self.decoder = None;
+    }
+
     /// Decodes `annex_b` (one access unit); if it is sampled, writes the
     /// picture into `out` as tight I420.
     pub fn decode(&mut self, meta: &FrameMeta, annex_b: &[u8], out: &mut Vec<u8>) -> Decoded {

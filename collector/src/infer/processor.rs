@@ -1,0 +1,327 @@
+//! The inference processor: decodes each camera's video (only as far as
+//! sampling needs), runs the detector on sampled pictures, publishes one
+//! detection record per inferred picture and the per-camera events.
+//!
+//! * Lossy: when it falls behind, frames are skipped (counted per camera)
+//!   and that camera's decoder waits for the next IDR, so lag never grows.
+//! * A frame is finished once its detection record and events are
+//!   acknowledged by Kafka; a failed publish is retried without decoding or
+//!   inferring the frame again (the pending records are kept).
+//! * Decoding and inference run on the processor's task with
+//!   `block_in_place`: CPU work, off the async workers' hot path.
+
+use super::decode::{Decoded, StreamDecoder};
+use super::record::{
+    BoxNorm, DetectionRecord, EventRecord, ModelRef, Object, DETECTIONS_SCHEMA, EVENTS_SCHEMA,
+};
+use super::state::{CameraState, Observation, PictureStats};
+use crate::consume;
+use crate::detect::{DetectError, Detector, DetectorOptions};
+use crate::fanout::{Delivery, Frame, ProcessFuture, Processor, ProcessorError};
+use camfleet_shared::config::{CollectorKafkaConfig, InferenceConfig};
+use camfleet_shared::CameraId;
+use metrics::{Counter, Histogram};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("inference model: {0}")]
+    Model(#[from] DetectError),
+    #[error("inference producer: {0}")]
+    Kafka(String),
+}
+
+struct CameraInference {
+    decoder: StreamDecoder,
+    state: CameraState,
+    partition: i32,
+    inferred: Counter,
+    skipped_behind: Counter,
+    skipped_undecodable: Counter,
+}
+
+/// Records computed for a frame but not yet acknowledged.
+struct Pending {
+    camera: CameraId,
+    seq: u64,
+    records: Vec<(String, String)>,
+}
+
+pub struct InferenceProcessor {
+    detector: Detector,
+    infer_fps: f64,
+    detections_topic: String,
+    events_topic: String,
+    producer: FutureProducer,
+    cameras: HashMap<CameraId, CameraInference>,
+    picture: Vec<u8>,
+    pending: Option<Pending>,
+    inference_seconds: Histogram,
+    capture_to_published: Histogram,
+}
+
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!(
+        "camfleet_collector_frames_inferred_total",
+        "Pictures the detector ran on, per camera"
+    );
+    describe_counter!(
+        "camfleet_collector_inference_frames_skipped_total",
+        "Frames inference skipped, per camera and reason (behind: the queue was full; undecodable: waiting for an IDR after corrupt data)"
+    );
+    describe_histogram!(
+        "camfleet_collector_inference_seconds",
+        Unit::Seconds,
+        "Detector time per picture (preprocess, ONNX Runtime, decode of outputs)"
+    );
+    describe_histogram!(
+        "camfleet_collector_capture_to_detection_seconds",
+        Unit::Seconds,
+        "Capture at the edge to the detection record acknowledged by Kafka"
+    );
+}
+
+impl InferenceProcessor {
+    /// Loads the model (a missing, unreadable or mismatched model is an
+    /// error here, at start) and creates the producer.
+    pub fn new(config: &InferenceConfig, kafka: &CollectorKafkaConfig) -> Result<Self, InferError> {
+        let models = config.models_dir();
+        let options = DetectorOptions {
+            ort_dylib: config.onnxruntime_library.clone(),
+            ..DetectorOptions::default()
+        };
+        let detector = Detector::load(&config.model, &models, &options)?;
+        let producer: FutureProducer =
+            consume::producer_config(kafka, "camfleet-collector-inference")
+                .map_err(|e| InferError::Kafka(e.to_string()))?
+                .create()
+                .map_err(|e| InferError::Kafka(e.to_string()))?;
+        describe_metrics();
+        Ok(Self {
+            detector,
+            infer_fps: config.infer_fps,
+            detections_topic: config.detections_topic.clone(),
+            events_topic: config.events_topic.clone(),
+            producer,
+            cameras: HashMap::new(),
+            picture: Vec::new(),
+            pending: None,
+            inference_seconds: metrics::histogram!("camfleet_collector_inference_seconds"),
+            capture_to_published: metrics::histogram!(
+                "camfleet_collector_capture_to_detection_seconds"
+            ),
+        })
+    }
+
+    fn camera(&mut self, frame: &Frame) -> &mut CameraInference {
+        let fps = self.infer_fps;
+        let cam = self
+            .cameras
+            .entry(frame.meta.camera.clone())
+            .or_insert_with(|| {
+                let label = frame.meta.camera.to_string();
+                CameraInference {
+                    decoder: StreamDecoder::new(fps),
+                    state: CameraState::default(),
+                    partition: frame.partition,
+                    inferred: metrics::counter!("camfleet_collector_frames_inferred_total", "camera" => label.clone()),
+                    skipped_behind: metrics::counter!("camfleet_collector_inference_frames_skipped_total", "camera" => label.clone(), "reason" => "behind"),
+                    skipped_undecodable: metrics::counter!("camfleet_collector_inference_frames_skipped_total", "camera" => label, "reason" => "undecodable"),
+                }
+            });
+        cam.partition = frame.partition;
+        cam
+    }
+
+    /// Decodes and, if sampled, infers `frame`: the records to publish.
+    fn infer(&mut self, frame: &Frame) -> Vec<(String, String)> {
+        let mut picture = std::mem::take(&mut self.picture);
+        let decoded = {
+            let cam = self.camera(frame);
+            tokio::task::block_in_place(|| {
+                cam.decoder
+                    .decode(&frame.meta, &frame.annex_b, &mut picture)
+            })
+        };
+        let (width, height) = match decoded {
+            Decoded::Picture { width, height } => (width, height),
+            Decoded::NotSampled => {
+                self.picture = picture;
+                return Vec::new();
+            }
+            Decoded::WaitingForKeyframe => {
+                self.camera(frame).skipped_undecodable.increment(1);
+                self.picture = picture;
+                return Vec::new();
+            }
+            Decoded::Corrupt(error) => {
+                self.camera(frame).skipped_undecodable.increment(1);
+                tracing::warn!(camera = %frame.meta.camera, seq = frame.meta.seq, %error,
+                    "undecodable H.264; inference resumes at the next IDR");
+                self.picture = picture;
+                return Vec::new();
+            }
+        };
+        let t = Instant::now();
+        let detections = tokio::task::block_in_place(|| {
+            self.detector
+                .detect_i420(&[(width, height, picture.as_slice())])
+        });
+        let inference_ms = t.elapsed().as_secs_f64() * 1000.0;
+        self.inference_seconds.record(inference_ms / 1000.0);
+        let detections = match detections {
+            Ok(mut d) => d.pop().unwrap_or_default(),
+            Err(error) => {
+                // A picture the model cannot take is not worth holding the
+                // commit for: recorded with no objects, and said why.
+                tracing::warn!(camera = %frame.meta.camera, seq = frame.meta.seq, %error, "detector failed on a picture");
+                Vec::new()
+            }
+        };
+        let stats = PictureStats::of_i420(width, height, &picture);
+        self.picture = picture;
+        let manifest = self.detector.manifest();
+        let camera = frame.meta.camera.as_str();
+        let mut counts = BTreeMap::new();
+        for d in &detections {
+            *counts.entry(d.label.as_str()).or_insert(0u32) += 1;
+        }
+        let record = DetectionRecord {
+            schema: DETECTIONS_SCHEMA,
+            camera,
+            seq: frame.meta.seq,
+            epoch: frame.meta.epoch,
+            capture_us: frame.meta.capture_us,
+            pts_90k: frame.meta.pts_90k,
+            width,
+            height,
+            model: ModelRef {
+                name: &manifest.name,
+                version: &manifest.version,
+            },
+            objects: detections
+                .iter()
+                .map(|d| Object {
+                    label: &d.label,
+                    class_id: d.class_id,
+                    score: d.score,
+                    bbox: BoxNorm {
+                        x_min: d.bbox[0],
+                        y_min: d.bbox[1],
+                        x_max: d.bbox[2],
+                        y_max: d.bbox[3],
+                    },
+                })
+                .collect(),
+            counts,
+            inference_ms,
+        };
+        let mut out = vec![(
+            self.detections_topic.clone(),
+            serde_json::to_string(&record).expect("detection record serialises"),
+        )];
+        let labels: Vec<&str> = detections.iter().map(|d| d.label.as_str()).collect();
+        let (seq, epoch, pts_90k, capture_us) = (
+            frame.meta.seq,
+            frame.meta.epoch,
+            frame.meta.pts_90k,
+            frame.meta.capture_us,
+        );
+        let events_topic = self.events_topic.clone();
+        let cam = self
+            .cameras
+            .get_mut(&frame.meta.camera)
+            .expect("camera entry");
+        cam.inferred.increment(1);
+        for event in cam.state.observe(Observation {
+            seq,
+            epoch,
+            pts_90k,
+            capture_us,
+            stats,
+            labels: &labels,
+        }) {
+            tracing::info!(camera, kind = ?event.kind, phase = ?event.phase, label = event.label.as_deref(), seq, "event");
+            let record = EventRecord {
+                schema: EVENTS_SCHEMA,
+                camera,
+                epoch,
+                event: &event,
+            };
+            out.push((
+                events_topic.clone(),
+                serde_json::to_string(&record).expect("event record serialises"),
+            ));
+        }
+        out
+    }
+
+    async fn publish(&mut self, frame: &Frame) -> Result<(), ProcessorError> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Ok(());
+        };
+        let key = pending.camera.to_string();
+        while let Some((topic, payload)) = pending.records.first() {
+            let record = FutureRecord::to(topic).key(&key).payload(payload);
+            self.producer
+                .send(record, Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| ProcessorError(format!("publish to {topic}: {e}")))?;
+            pending.records.remove(0);
+        }
+        self.pending = None;
+        if frame.meta.capture_us > 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            self.capture_to_published
+                .record(now.saturating_sub(frame.meta.capture_us) as f64 / 1e6);
+        }
+        Ok(())
+    }
+}
+
+impl Processor for InferenceProcessor {
+    fn name(&self) -> &'static str {
+        "inference"
+    }
+
+    fn delivery(&self) -> Delivery {
+        Delivery::Lossy
+    }
+
+    fn process<'a>(&'a mut self, frame: &'a Frame) -> ProcessFuture<'a> {
+        Box::pin(async move {
+            // A retry of the same frame only publishes what is still pending.
+            let retry = self
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.camera == frame.meta.camera && p.seq == frame.meta.seq);
+            if !retry {
+                let records = self.infer(frame);
+                if records.is_empty() {
+                    return Ok(());
+                }
+                self.pending = Some(Pending {
+                    camera: frame.meta.camera.clone(),
+                    seq: frame.meta.seq,
+                    records,
+                });
+            }
+            self.publish(frame).await
+        })
+    }
+
+    fn skipped(&mut self, frame: &Frame) {
+        let cam = self.camera(frame);
+        cam.skipped_behind.increment(1);
+        cam.decoder.lost_frame();
+    }
+
+    fn revoke(&mut self, partition: i32) {
+        self.cameras.retain(|_, c| c.partition != partition);
+    }
+}
