@@ -31,6 +31,9 @@ TENSORFLOW_VERSION=2.21.0
 CAMFLEET_MODELS="$CAMFLEET_CACHE/models"
 # Python with tf2onnx + tensorflow-cpu (conversion) and onnxruntime (the bench's peer).
 MODELS_VENV="$CAMFLEET_CACHE/venv-models"
+# Python with the checkers tests use as independent peers (jsonschema).
+TOOLS_VENV="$CAMFLEET_CACHE/venv-tools"
+JSONSCHEMA_VERSION=4.25.1
 # Test photos for the detector tests, taken from these PyPI wheels.
 SCIKIT_IMAGE_VERSION=0.26.0
 ULTRALYTICS_VERSION=8.4.190

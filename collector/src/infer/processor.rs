@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
-    #[error("inference model: {0}")]
+    #[error("inference model")]
     Model(#[from] DetectError),
     #[error("inference producer: {0}")]
     Kafka(String),

@@ -1,0 +1,246 @@
+//! Agent -> Kafka -> collector with inference, on real ONNX Runtime and the
+//! real NanoDet-g weights: a clip made of a real photograph, a black
+//! section, and the photograph again. The person is found where it is on
+//! the photo frames, nothing on the black ones; the black section raises one
+//! `dark` event and its end clears it; every detection record validates
+//! against docs/detections.schema.json with Python's jsonschema (a peer).
+
+use camfleet_tests::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::ClientConfig;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn env_path(name: &str) -> PathBuf {
+    PathBuf::from(std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run scripts/setup and source .services/env (scripts/test does)")
+    }))
+}
+
+/// Every JSON value of `topic`, in partition order, waiting until `until` holds.
+fn read_json(
+    s: &Services,
+    topic: &str,
+    writer: &Proc,
+    until: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &s.kafka)
+        .set("group.id", format!("{topic}.reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !until(&out) {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: only {} records: {out:?}\n{} log:\n{}",
+            out.len(),
+            writer.name,
+            writer.log_text()
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+        }
+    }
+    out
+}
+
+/// photo (3 s) + black (4 s) + photo (3 s) at 10 fps, with a little
+/// temporal noise on the photo so it is not a frozen picture.
+fn clip(photo: &Path, out: &Path) {
+    let ok = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-loop",
+            "1",
+            "-t",
+            "3",
+            "-i",
+        ])
+        .arg(photo)
+        .args([
+            "-f",
+            "lavfi",
+            "-t",
+            "4",
+            "-i",
+            "color=black:s=512x512:r=10",
+            "-loop",
+            "1",
+            "-t",
+            "3",
+            "-i",
+        ])
+        .arg(photo)
+        .args([
+            "-filter_complex",
+            "[0:v]fps=10,noise=alls=6:allf=t,format=yuv420p[a];[1:v]format=yuv420p[b];\
+             [2:v]fps=10,noise=alls=6:allf=t,format=yuv420p[c];[a][b][c]concat=n=3:v=1:a=0",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(out)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ffmpeg could not build the clip");
+}
+
+fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+}
+
+#[test]
+fn inference_finds_the_person_and_a_black_section_raises_dark_once() {
+    let run = Scenario::new("infer", 1);
+    let detections = run.services.fresh_topic("infer-detections", 1);
+    let events = run.services.fresh_topic("infer-events", 1);
+    let y4m = run.dir.path().join("astronaut.y4m");
+    clip(&env_path("CAMFLEET_PHOTOS").join("astronaut.png"), &y4m);
+
+    let agent = format!(
+        r#"data_dir = "{data}"
+[kafka]
+bootstrap_servers = "{kafka}"
+topic = "{topic}"
+[http]
+listen = ""
+[[camera]]
+id = "lab/astronaut"
+source = {{ kind = "y4m", path = "{y4m}", unpaced = true }}
+encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 10 }}
+"#,
+        data = run.dir.path().join("agent-data").display(),
+        kafka = run.services.kafka,
+        topic = run.topic,
+        y4m = y4m.display(),
+    );
+    run.spawn("agent", "camfleet-agent", &agent)
+        .wait_success(Duration::from_secs(60));
+
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/models/nanodet-g.toml");
+    let collector = format!(
+        "{}\n[inference]\nmodel = \"{}\"\nmodels_dir = \"{}\"\ninfer_fps = 5\ndetections_topic = \"{detections}\"\nevents_topic = \"{events}\"\n",
+        run.collector_config(run.dir.path().join("archive").to_str().unwrap()),
+        manifest.display(),
+        env_path("CAMFLEET_MODELS").display(),
+    );
+    let collector = run.spawn("collector", "camfleet-collector", &collector);
+
+    // 100 frames at 10 fps, inferred at 5 fps: 50 records.
+    let records = read_json(&run.services, &detections, &collector, |r| r.len() >= 50);
+    assert_eq!(records.len(), 50);
+    let astronaut = [18.0 / 512.0, 14.0 / 512.0, 362.0 / 512.0, 1.0];
+    for r in &records {
+        let seq = r["seq"].as_u64().unwrap();
+        let people: Vec<[f64; 4]> = r["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["label"] == "person")
+            .map(|o| {
+                let b = &o["box"];
+                ["x_min", "y_min", "x_max", "y_max"].map(|k| b[k].as_f64().unwrap())
+            })
+            .collect();
+        if (30..70).contains(&seq) {
+            assert!(
+                r["objects"].as_array().unwrap().is_empty(),
+                "black frame {seq}: {r}"
+            );
+        } else {
+            let best = people
+                .iter()
+                .map(|b| iou(*b, astronaut))
+                .fold(0.0, f64::max);
+            assert!(best >= 0.5, "frame {seq}: person IoU {best:.2}: {r}");
+            assert_eq!(r["counts"]["person"], 1, "{r}");
+        }
+        assert_eq!(r["model"]["name"], "nanodet-g");
+        assert_eq!(
+            (r["width"].as_u64(), r["height"].as_u64()),
+            (Some(512), Some(512))
+        );
+    }
+
+    // The schema, checked by an independent validator.
+    let records_file = run.dir.path().join("records.json");
+    std::fs::write(&records_file, serde_json::to_string(&records).unwrap()).unwrap();
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/detections.schema.json");
+    let check = Command::new(env_path("CAMFLEET_TOOLS_PYTHON"))
+        .args([
+            "-c",
+            "import json,sys,jsonschema\n\
+             s=json.load(open(sys.argv[1])); v=jsonschema.Draft202012Validator(s)\n\
+             v.check_schema(s)\n\
+             for r in json.load(open(sys.argv[2])): v.validate(r)\n\
+             print('valid')",
+        ])
+        .arg(&schema)
+        .arg(&records_file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // Events: the person appears, leaves during the black section and
+    // appears again; dark starts once and ends once.
+    let evs = read_json(&run.services, &events, &collector, |e| {
+        e.iter().filter(|e| e["kind"] == "dark").count() >= 2
+            && e.iter().filter(|e| e["kind"] == "object_appeared").count() >= 2
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let summary: Vec<(String, String, u64)> = evs
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["phase"]
+                    .as_str()
+                    .or(e["label"].as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                e["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let of = |kind: &str| summary.iter().filter(|e| e.0 == kind).collect::<Vec<_>>();
+    let dark = of("dark");
+    assert_eq!(dark.len(), 2, "{summary:?}");
+    assert_eq!(dark[0].1, "started");
+    assert!(
+        (50..70).contains(&dark[0].2),
+        "dark after 2 s of black: {summary:?}"
+    );
+    assert_eq!(dark[1].1, "ended");
+    assert!(
+        (90..100).contains(&dark[1].2),
+        "cleared after 2 s of picture: {summary:?}"
+    );
+    assert_eq!(of("object_appeared").len(), 2, "{summary:?}");
+    assert_eq!(of("object_left").len(), 1, "{summary:?}");
+    assert!(
+        of("frozen").is_empty() && of("covered").is_empty(),
+        "{summary:?}"
+    );
+
+    collector.signal("TERM");
+    let cs = collector.wait_summary(Duration::from_secs(20));
+    assert_eq!(cs["frames_archived"], 100, "{cs}");
+}
