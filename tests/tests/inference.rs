@@ -244,3 +244,102 @@ encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 10 }}
     let cs = collector.wait_summary(Duration::from_secs(20));
     assert_eq!(cs["frames_archived"], 100, "{cs}");
 }
+
+/// A record with valid headers and a garbage H.264 value mid-stream:
+/// inference skips to the next IDR (counted on /metrics) and goes on; the
+/// archive keeps every frame.
+#[test]
+fn inference_recovers_at_the_next_idr_after_corrupt_h264() {
+    use camfleet_agent::encode::H264Encoder;
+    use camfleet_agent::sink::kafka::KafkaSink;
+    use camfleet_agent::sink::FrameSink;
+    use camfleet_agent::source::test_pattern::render;
+    use camfleet_agent::source::VideoFormat;
+    use camfleet_shared::config::{AgentConfig, EncoderConfig};
+    use camfleet_shared::wire::{Codec, FrameMeta, Rational};
+
+    let run = Scenario::new("infer-corrupt", 1);
+    let detections = run.services.fresh_topic("corrupt-detections", 1);
+    let events = run.services.fresh_topic("corrupt-events", 1);
+    let agent = AgentConfig::from_toml(&format!(
+        "data_dir = \"/unused\"\n[kafka]\nbootstrap_servers = \"{}\"\ntopic = \"{}\"\n\
+         [[camera]]\nid = \"t/corrupt\"\nsource = {{ kind = \"test_pattern\", width = 320, height = 192 }}\n",
+        run.services.kafka, run.topic
+    ))
+    .unwrap();
+    let format = VideoFormat {
+        width: 320,
+        height: 192,
+        fps: Rational::new(30, 1).unwrap(),
+    };
+    let mut encoder = H264Encoder::new(
+        format,
+        &EncoderConfig {
+            bitrate_kbps: 500,
+            keyframe_interval_frames: 10,
+            ..EncoderConfig::default()
+        },
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sink = KafkaSink::new(&agent.kafka).unwrap();
+    rt.block_on(async {
+        let mut acks = Vec::new();
+        for i in 0..60u64 {
+            let out = encoder.encode(i, &render(320, 192, i)).unwrap();
+            let payload = if i == 23 {
+                // A start code, a non-IDR slice header byte, then noise.
+                let mut garbage = vec![0, 0, 0, 1, 0x41];
+                garbage.extend((0..600u32).map(|k| (k.wrapping_mul(2654435761) >> 13) as u8));
+                garbage
+            } else {
+                out.annex_b
+            };
+            let meta = FrameMeta {
+                camera: camfleet_shared::CameraId::new("t/corrupt").unwrap(),
+                seq: i,
+                capture_us: 1_700_000_000_000_000 + i * 33_333,
+                pts_90k: i * 3000,
+                keyframe: out.keyframe,
+                width: 320,
+                height: 192,
+                fps: format.fps,
+                codec: Codec::H264,
+                epoch: 1,
+            };
+            acks.push(sink.enqueue(&meta, &payload, &[]).await.unwrap());
+        }
+        for a in acks {
+            a.await.unwrap();
+        }
+    });
+
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/models/nanodet-g.toml");
+    let metrics = free_local_addr();
+    let config = format!(
+        "{}\n[inference]\nmodel = \"{}\"\nmodels_dir = \"{}\"\ninfer_fps = 30\ndetections_topic = \"{detections}\"\nevents_topic = \"{events}\"\n",
+        run.collector_config(run.dir.path().join("archive").to_str().unwrap())
+            .replace("listen = \"\"", &format!("listen = \"{metrics}\"")),
+        manifest.display(),
+        env_path("CAMFLEET_MODELS").display(),
+    );
+    let collector = run.spawn("collector", "camfleet-collector", &config);
+    // Every frame but 23 (corrupt) and 24-29 (waiting for the IDR at 30).
+    let records = read_json(&run.services, &detections, &collector, |r| r.len() >= 53);
+    let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    let want: Vec<u64> = (0..23).chain(30..60).collect();
+    assert_eq!(seqs, want);
+    let text = http_get(&metrics, "/metrics");
+    let skipped = r#"camfleet_collector_inference_frames_skipped_total{camera="t/corrupt",reason="undecodable"} 7"#;
+    assert!(text.lines().any(|l| l == skipped), "{text}");
+    collector.signal("TERM");
+    let cs = collector.wait_summary(Duration::from_secs(20));
+    assert_eq!(cs["frames_archived"], 60, "{cs}");
+    assert!(collector_log_mentions(&run, "undecodable H.264"));
+}
+
+fn collector_log_mentions(run: &Scenario, what: &str) -> bool {
+    std::fs::read_to_string(run.dir.path().join("collector.log"))
+        .unwrap_or_default()
+        .contains(what)
+}
