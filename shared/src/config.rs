@@ -636,6 +636,10 @@ pub struct InferenceConfig {
     /// Topic of per-camera events (appeared/left, dark, covered, frozen).
     #[serde(default = "default_events_topic")]
     pub events_topic: String,
+    /// Cameras to run inference on: ids (`depot/gate`) or whole sites
+    /// (`depot/*`). Empty = every camera.
+    #[serde(default)]
+    pub cameras: Vec<String>,
 }
 
 fn default_infer_fps() -> f64 {
@@ -658,7 +662,27 @@ impl InferenceConfig {
             .unwrap_or_default()
     }
 
+    /// Whether `camera` (`site/camera`) is one inference runs on.
+    pub fn covers(&self, camera: &str) -> bool {
+        self.cameras.is_empty()
+            || self.cameras.iter().any(|p| match p.strip_suffix("/*") {
+                Some(site) => camera.split_once('/').is_some_and(|(s, _)| s == site),
+                None => p == camera,
+            })
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        for (i, p) in self.cameras.iter().enumerate() {
+            let id = p
+                .strip_suffix("/*")
+                .map_or(p.clone(), |site| format!("{site}/x"));
+            if CameraId::new(&id).is_err() {
+                return Err(invalid(
+                    format!("inference.cameras[{i}]"),
+                    format!("{p:?} is neither a camera id (site/camera) nor a site (site/*)"),
+                ));
+            }
+        }
         if self.model.as_os_str().is_empty() {
             return Err(invalid("inference.model", "is empty"));
         }
@@ -900,6 +924,28 @@ encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
             let err = agent_err(&bad);
             assert!(err.contains(field), "{change}: {err}");
         }
+    }
+
+    #[test]
+    fn inference_cameras_select_ids_and_sites() {
+        let base = "[kafka]\nbootstrap_servers = \"k:9092\"\n[archive]\nroot = \"/a\"\n[inference]\nmodel = \"m.toml\"\n";
+        let c =
+            CollectorConfig::from_toml(&format!("{base}cameras = [\"depot/*\", \"yard/gate\"]\n"))
+                .unwrap();
+        let i = c.inference.unwrap();
+        assert!(i.covers("depot/door") && i.covers("yard/gate"));
+        assert!(!i.covers("yard/fence") && !i.covers("depots/door"));
+        let all = CollectorConfig::from_toml(base).unwrap().inference.unwrap();
+        assert!(all.covers("anything/at-all"));
+        assert_eq!(all.infer_fps, 2.0);
+        let err = CollectorConfig::from_toml(&format!("{base}cameras = [\"no slash\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("inference.cameras[0]"), "{err}");
+        let err = CollectorConfig::from_toml(&format!("{base}infer_fps = 100\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("inference.infer_fps"), "{err}");
     }
 
     #[test]

@@ -51,6 +51,7 @@ struct Pending {
 
 pub struct InferenceProcessor {
     detector: Detector,
+    config: InferenceConfig,
     infer_fps: f64,
     detections_topic: String,
     events_topic: String,
@@ -102,6 +103,7 @@ impl InferenceProcessor {
         describe_metrics();
         Ok(Self {
             detector,
+            config: config.clone(),
             infer_fps: config.infer_fps,
             detections_topic: config.detections_topic.clone(),
             events_topic: config.events_topic.clone(),
@@ -295,6 +297,9 @@ impl Processor for InferenceProcessor {
 
     fn process<'a>(&'a mut self, frame: &'a Frame) -> ProcessFuture<'a> {
         Box::pin(async move {
+            if !self.config.covers(frame.meta.camera.as_str()) {
+                return Ok(());
+            }
             // A retry of the same frame only publishes what is still pending.
             let retry = self
                 .pending
@@ -316,6 +321,9 @@ impl Processor for InferenceProcessor {
     }
 
     fn skipped(&mut self, frame: &Frame) {
+        if !self.config.covers(frame.meta.camera.as_str()) {
+            return;
+        }
         let cam = self.camera(frame);
         cam.skipped_behind.increment(1);
         cam.decoder.lost_frame();
