@@ -23,8 +23,10 @@
 //! Architecture Invariant: a partition's offset is committed only below
 //! frames every processor has finished (made durable or produced) or skipped
 //! on purpose. [`Progress`] tracks, per partition, the frames handed to a
-//! processor and not yet finished; the oldest one bounds the commit. So a
-//! stuck processor holds back its partitions' commits, and only those.
+//! processor and not yet finished; the oldest one bounds the commit. A stuck
+//! processor holds back the commit of the partition it is stuck on, and of
+//! other partitions only as far as their frames queued behind it; it never
+//! holds back the archive.
 
 use bytes::Bytes;
 use camfleet_shared::wire::FrameMeta;
