@@ -96,6 +96,29 @@ fn clip(photo: &Path, out: &Path) {
     assert!(ok, "ffmpeg could not build the clip");
 }
 
+/// The photo alone for `seconds` at 10 fps, with temporal noise.
+fn photo_clip(photo: &Path, seconds: u32, out: &Path) {
+    let ok = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-loop",
+            "1",
+            "-t",
+        ])
+        .arg(seconds.to_string())
+        .arg("-i")
+        .arg(photo)
+        .args(["-vf", "fps=10,noise=alls=6:allf=t,format=yuv420p"])
+        .arg(out)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ffmpeg could not build the clip");
+}
+
 fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
     let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
     let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
@@ -342,4 +365,106 @@ fn collector_log_mentions(run: &Scenario, what: &str) -> bool {
     std::fs::read_to_string(run.dir.path().join("collector.log"))
         .unwrap_or_default()
         .contains(what)
+}
+
+/// Two collector instances in one group, each camera on its own partition:
+/// every camera's detections come from one instance at a time (no picture
+/// inferred twice); SIGKILL one, the other takes its partition over and
+/// inference goes on, repeating at most what the dead one had not committed;
+/// the person is announced again at most once (docs/events.md).
+#[test]
+fn inference_two_collectors_share_the_cameras_and_one_takes_over() {
+    let run = Scenario::new("infer-group", 2);
+    let detections = run.services.fresh_topic("group-detections", 1);
+    let events = run.services.fresh_topic("group-events", 1);
+    let y4m = run.dir.path().join("astronaut.y4m");
+    photo_clip(&env_path("CAMFLEET_PHOTOS").join("astronaut.png"), 10, &y4m);
+    // Two camera ids librdkafka's partitioner (CRC-32 of the key) puts on
+    // partitions 0 and 1.
+    let on = |p: u32| {
+        (0..)
+            .map(|i| format!("lab/cam{i}"))
+            .find(|id| crc32fast::hash(id.as_bytes()) % 2 == p)
+            .unwrap()
+    };
+    let cams = [on(0), on(1)];
+    let mut agent = format!(
+        "data_dir = \"{}\"\n[kafka]\nbootstrap_servers = \"{}\"\ntopic = \"{}\"\n[http]\nlisten = \"\"\n",
+        run.dir.path().join("agent-data").display(),
+        run.services.kafka,
+        run.topic
+    );
+    for cam in &cams {
+        // 10 s clip looped 3 times, in real time: 30 s of video per camera.
+        agent.push_str(&format!(
+            "[[camera]]\nid = \"{cam}\"\nmax_frames = 300\nsource = {{ kind = \"y4m\", path = \"{}\", loop_file = true }}\nencoder = {{ bitrate_kbps = 800, keyframe_interval_frames = 10 }}\n",
+            y4m.display()
+        ));
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/models/nanodet-g.toml");
+    let collector_config = format!(
+        "{}\n[inference]\nmodel = \"{}\"\nmodels_dir = \"{}\"\ninfer_fps = 2\ndetections_topic = \"{detections}\"\nevents_topic = \"{events}\"\n",
+        run.collector_config(run.dir.path().join("archive").to_str().unwrap()),
+        manifest.display(),
+        env_path("CAMFLEET_MODELS").display(),
+    );
+    let first = run.spawn("collector-1", "camfleet-collector", &collector_config);
+    let second = run.spawn("collector-2", "camfleet-collector", &collector_config);
+    let agent = run.spawn("agent", "camfleet-agent", &agent);
+    // Both instances own a partition once the group has settled.
+    for c in [&first, &second] {
+        c.wait_log(Duration::from_secs(30), "a partition assigned", |l| {
+            l.contains("partitions assigned") && !l.contains("parts=[]")
+        });
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    first.signal("KILL");
+    let summary = agent.wait_summary(Duration::from_secs(90));
+    let _ = summary;
+
+    // 30 s per camera at 2 inferences per second: 60 pictures each, the
+    // first of every 5 frames (sampling is on a fixed grid of media time).
+    let records = read_json(&run.services, &detections, &second, |r| {
+        cams.iter().all(|cam| {
+            r.iter()
+                .filter(|d| d["camera"] == cam.as_str())
+                .any(|d| d["seq"] == 295)
+        })
+    });
+    for cam in &cams {
+        let seqs: Vec<u64> = records
+            .iter()
+            .filter(|d| d["camera"] == cam.as_str())
+            .map(|d| d["seq"].as_u64().unwrap())
+            .collect();
+        let distinct: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();
+        // Every sampled picture inferred (seq 0, 5, 10, ...), none missing,
+        // none off the grid even across the take-over.
+        let want: std::collections::BTreeSet<u64> = (0..300).step_by(5).collect();
+        assert_eq!(distinct, want, "{cam}: {seqs:?}");
+        // Repeats only from the take-over: at most the seconds between the
+        // dead instance's last commit (segments of 1 s) and its death.
+        let repeats = seqs.len() - distinct.len();
+        assert!(
+            repeats <= 6,
+            "{cam}: {repeats} pictures inferred twice: {seqs:?}"
+        );
+    }
+    let evs = read_json(&run.services, &events, &second, |e| e.len() >= 2);
+    for cam in &cams {
+        let appeared = evs
+            .iter()
+            .filter(|e| {
+                e["camera"] == cam.as_str()
+                    && e["kind"] == "object_appeared"
+                    && e["label"] == "person"
+            })
+            .count();
+        assert!(
+            (1..=2).contains(&appeared),
+            "{cam}: person appeared {appeared} times: {evs:?}"
+        );
+    }
+    second.signal("TERM");
+    second.wait_summary(Duration::from_secs(20));
 }

@@ -25,11 +25,13 @@ pub enum Decoded {
     Corrupt(String),
 }
 
-/// Media-time sampling: a picture is due every `1 / fps` seconds of pts.
+/// Media-time sampling on a fixed grid: the first picture in each `1 / fps`
+/// slot of pts is due. The grid depends only on pts, so a collector that
+/// takes a partition over (or replays it) samples the very same pictures.
 #[derive(Debug)]
 pub struct Sampler {
     interval_90k: Option<u64>,
-    next_due: Option<u64>,
+    last_slot: Option<u64>,
 }
 
 impl Sampler {
@@ -37,7 +39,7 @@ impl Sampler {
     pub fn new(fps: f64) -> Self {
         Self {
             interval_90k: (fps > 0.0).then(|| (90_000.0 / fps).round().max(1.0) as u64),
-            next_due: None,
+            last_slot: None,
         }
     }
 
@@ -50,23 +52,15 @@ impl Sampler {
         let Some(interval) = self.interval_90k else {
             return keyframe;
         };
-        if self.next_due.is_some_and(|due| pts_90k < due) {
-            return false;
-        }
-        // The next one is due a slot later; more than a slot behind (a gap
-        // in the stream) restarts from this frame rather than bursting.
-        let next = self.next_due.unwrap_or(pts_90k) + interval;
-        self.next_due = Some(if next <= pts_90k {
-            pts_90k + interval
-        } else {
-            next
-        });
-        true
+        let slot = pts_90k / interval;
+        let due = self.last_slot.is_none_or(|last| slot > last);
+        self.last_slot = Some(slot);
+        due
     }
 
     /// A new stream epoch restarts the media clock.
     pub fn reset(&mut self) {
-        self.next_due = None;
+        self.last_slot = None;
     }
 }
 
