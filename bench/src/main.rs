@@ -10,6 +10,7 @@ mod cameras;
 mod convert;
 mod detect;
 mod encode;
+mod inference;
 mod kafka;
 mod latency;
 mod measure;
@@ -131,6 +132,25 @@ enum Section {
         agent: Option<PathBuf>,
     },
     /// Object detection: the collector's Detector against bare ONNX Runtime in Python, same model and frames.
+    /// The collector with inference on, end to end: capture -> detection latency, CPU per camera, cameras per core.
+    Inference {
+        /// A looped Y4M clip the camera streams in real time (720p30).
+        #[arg(long)]
+        clip: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Inference rates to run (frames per second and camera).
+        #[arg(long, value_delimiter = ',', default_value = "1,5")]
+        rates: Vec<f64>,
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../collector/models/nanodet-g.toml"))]
+        manifest: PathBuf,
+        /// Directory the manifest's model path is relative to ($CAMFLEET_CACHE/models).
+        #[arg(long)]
+        models: PathBuf,
+        /// The agent binary; default: camfleet-agent next to this binary.
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
     Detect {
         /// Clip the frames are taken from (anything ffmpeg reads; 720p Y4M from scripts/bench).
         #[arg(long)]
@@ -289,6 +309,29 @@ async fn main() -> anyhow::Result<()> {
                 work,
             };
             spool::run(&kafka, args, results).await
+        }
+        Section::Inference {
+            clip,
+            seconds,
+            rates,
+            manifest,
+            models,
+            agent,
+        } => {
+            let kafka = kafka::Kafka::from_env()?;
+            let agent = default_agent(agent)?;
+            let collector = agent.with_file_name("camfleet-collector");
+            let args = inference::Args {
+                clip,
+                seconds,
+                rates,
+                manifest,
+                models,
+                agent,
+                collector,
+                work,
+            };
+            inference::run(&kafka, args, results).await
         }
         Section::Detect {
             clip,

@@ -94,7 +94,11 @@ impl InferenceProcessor {
             ort_dylib: config.onnxruntime_library.clone(),
             ..DetectorOptions::default()
         };
-        let detector = Detector::load(&config.model, &models, &options)?;
+        let mut detector = Detector::load(&config.model, &models, &options)?;
+        // ONNX Runtime allocates and plans on the first run (~200 ms): pay
+        // it here, not on a camera's first picture.
+        let flat = vec![128u8; 64 * 64 * 3 / 2];
+        detector.detect_i420(&[(64, 64, flat.as_slice())])?;
         let producer: FutureProducer =
             consume::producer_config(kafka, "camfleet-collector-inference")
                 .map_err(|e| InferError::Kafka(e.to_string()))?
