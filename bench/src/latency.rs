@@ -69,7 +69,7 @@ pub async fn run(kafka: &Kafka, args: Args, results: Option<&Path>) -> anyhow::R
         .collect();
     receipt.sort_unstable();
     let encode_mean_us = run.u64("encode_ms_total")? as f64 * 1000.0 / encoded.max(1) as f64;
-    let target_us = encode_mean_us + 5000.0;
+    let target_us = encode_mean_us + 3000.0;
     let ack_p99 = run.u64("ack_latency_us_p99")?;
 
     let mut lat = Table::new(
@@ -104,7 +104,7 @@ pub async fn run(kafka: &Kafka, args: Args, results: Option<&Path>) -> anyhow::R
         "".into(),
     ]);
     lat.note(format!(
-        "target: capture -> ack p99 <= encode mean + 5 ms = {} ms; measured p99 {} ms ({})",
+        "target: capture -> ack p99 <= encode mean + 3 ms = {} ms; measured p99 {} ms ({})",
         f(target_us / 1000.0, 1),
         ms(ack_p99),
         if ack_p99 as f64 <= target_us {
