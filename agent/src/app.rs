@@ -57,6 +57,26 @@ pub async fn run_with<S: FrameSink>(
         .map(|c| Camera::start(c.clone(), ctx.clone()))
         .collect();
     let stops: Vec<_> = cameras.iter().map(|c| c.stop_handle()).collect();
+    let fleet = match &config.mqtt {
+        Some(mqtt) => {
+            let stats = cameras
+                .iter()
+                .map(|c| (c.id.to_string(), c.stats.clone()))
+                .collect();
+            let probe_sink = sink.clone();
+            let probe: crate::fleet::SpoolProbe =
+                Arc::new(move || spool_summary(&probe_sink.status()));
+            match crate::fleet::Fleet::start(mqtt, stats, probe) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    // Validated at load, so this is not expected; video goes on.
+                    tracing::error!(error = %e, "fleet link not started");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let all = futures::future::join_all(cameras.into_iter().map(Camera::join));
     tokio::pin!(all);
     let ended = tokio::select! {
@@ -83,5 +103,25 @@ pub async fn run_with<S: FrameSink>(
         }
         reports.push(end.report);
     }
+    if let Some(fleet) = fleet {
+        fleet.stop().await;
+    }
     reports
+}
+
+/// The spool's part of telemetry: disk bytes, frames bytes, free bytes and
+/// the oldest unsent frame's age across cameras.
+fn spool_summary(status: &serde_json::Value) -> serde_json::Value {
+    let oldest = status["cameras"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["oldest_age_s"].as_f64())
+        .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
+    serde_json::json!({
+        "disk_bytes": status["disk_bytes"],
+        "frames_bytes": status["live_bytes"],
+        "free_bytes": status["free_bytes"],
+        "oldest_age_s": oldest,
+    })
 }

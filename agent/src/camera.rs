@@ -262,7 +262,7 @@ async fn supervise<S: FrameSink>(
             &mut issued,
         )
         .await;
-        stats.up.set(0.0);
+        stats.set_up(false);
         match outcome {
             Ok(RunEnd::Finished | RunEnd::Stopped) => break,
             Err(error) => {
@@ -350,7 +350,7 @@ async fn run_once<S: FrameSink>(
     tracing::info!(%camera, source = %format!("{}x{}@{}", input.width, input.height, input.fps),
         sent = %format!("{}x{}@{}", output.width, output.height, output.fps),
         epoch = start.epoch, first_seq = start.first_seq, "camera streaming");
-    stats.up.set(1.0);
+    stats.set_up(true);
 
     let (raw_tx, raw_rx) = std_mpsc::sync_channel::<(RawFrame, u64)>(4);
     let (recycle_tx, recycle_rx) = std_mpsc::sync_channel::<Vec<u8>>(8);

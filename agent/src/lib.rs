@@ -5,6 +5,7 @@
 pub mod app;
 pub mod camera;
 pub mod encode;
+pub mod fleet;
 pub mod scale;
 pub mod sequence;
 pub mod sink;

@@ -55,7 +55,8 @@ pub struct CameraStats {
     /// Nanoseconds spent inside the encoder.
     pub encode_ns: AtomicU64,
     /// 1 while the pipeline streams, 0 while it waits to be restarted.
-    pub up: Gauge,
+    up: Gauge,
+    up_now: std::sync::atomic::AtomicBool,
     /// Raw pictures waiting for the encoder, encoded frames waiting to be
     /// handed to the sink, and frames handed over but not yet acknowledged.
     pub queue_raw: Gauge,
@@ -158,6 +159,7 @@ impl CameraStats {
             restarts: count("camfleet_agent_camera_restarts_total"),
             encode_ns: AtomicU64::new(0),
             up: metrics::gauge!("camfleet_agent_camera_up", "camera" => cam.clone()),
+            up_now: std::sync::atomic::AtomicBool::new(false),
             queue_raw: queue("raw"),
             queue_encoded: queue("encoded"),
             queue_unacked: queue("unacked"),
@@ -165,6 +167,15 @@ impl CameraStats {
             ack_seconds: metrics::histogram!("camfleet_agent_capture_to_ack_seconds", "camera" => cam),
             ack_latency_us: Mutex::new(Vec::new()),
         }
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up_now.store(up, Relaxed);
+        self.up.set(if up { 1.0 } else { 0.0 });
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up_now.load(Relaxed)
     }
 
     pub fn record_encode(&self, ns: u64) {

@@ -125,6 +125,94 @@ pub struct AgentConfig {
     pub spool: SpoolConfig,
     #[serde(default)]
     pub http: AgentHttpConfig,
+    /// Fleet link (status and telemetry over MQTT); absent = off.
+    #[serde(default)]
+    pub mqtt: Option<MqttConfig>,
+}
+
+/// `[mqtt]`: the agent's link to the fleet (docs/mqtt.md).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker, `mqtt://host:port`.
+    pub url: String,
+    /// This agent's name in the fleet (topic level): letters, digits, `.`, `_`, `-`.
+    pub agent_id: String,
+    /// First topic level of every camfleet topic.
+    #[serde(default = "default_mqtt_topic_prefix")]
+    pub topic_prefix: String,
+    /// Telemetry every this many seconds.
+    #[serde(default = "default_telemetry_period_s")]
+    pub telemetry_period_s: u64,
+    /// MQTT keep-alive; the broker publishes the agent's "offline" will about
+    /// 1.5 keep-alives after the agent is gone.
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+}
+
+fn default_mqtt_topic_prefix() -> String {
+    "camfleet".into()
+}
+const fn default_telemetry_period_s() -> u64 {
+    30
+}
+const fn default_keep_alive_s() -> u64 {
+    15
+}
+
+impl MqttConfig {
+    /// (host, port) of `url`.
+    pub fn host_port(&self) -> Result<(String, u16), ConfigError> {
+        let rest = self.url.strip_prefix("mqtt://").ok_or_else(|| {
+            invalid(
+                "mqtt.url",
+                format!("{:?}: only mqtt://host:port is supported", self.url),
+            )
+        })?;
+        let (host, port) = rest
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok().filter(|p| *p > 0)?)))
+            .filter(|(h, _)| !h.is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    "mqtt.url",
+                    format!("{:?} is not mqtt://host:port", self.url),
+                )
+            })?;
+        Ok((host.to_string(), port))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.host_port()?;
+        let level_ok = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        };
+        if !level_ok(&self.agent_id) {
+            return Err(invalid(
+                "mqtt.agent_id",
+                format!("{:?}: use letters, digits, '.', '_' or '-'", self.agent_id),
+            ));
+        }
+        if !level_ok(&self.topic_prefix) {
+            return Err(invalid(
+                "mqtt.topic_prefix",
+                format!(
+                    "{:?}: use letters, digits, '.', '_' or '-'",
+                    self.topic_prefix
+                ),
+            ));
+        }
+        if !(1..=3600).contains(&self.telemetry_period_s) {
+            return Err(invalid("mqtt.telemetry_period_s", "must be 1..=3600"));
+        }
+        if !(5..=600).contains(&self.keep_alive_s) {
+            return Err(invalid("mqtt.keep_alive_s", "must be 5..=600"));
+        }
+        Ok(())
+    }
 }
 
 /// `[spool]`: the on-disk buffer that holds frames while Kafka cannot take
@@ -549,6 +637,9 @@ impl AgentConfig {
         }
         self.spool.validate()?;
         validate_listen("http.listen", &self.http.listen)?;
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.validate()?;
+        }
         if self.cameras.is_empty() {
             return Err(invalid("camera", "no [[camera]] configured"));
         }
@@ -923,6 +1014,30 @@ encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
             };
             let err = agent_err(&bad);
             assert!(err.contains(field), "{change}: {err}");
+        }
+    }
+
+    #[test]
+    fn mqtt_settings_are_checked() {
+        let ok =
+            format!("{AGENT}\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nagent_id = \"box-1\"\n");
+        let m = AgentConfig::from_toml(&ok).unwrap().mqtt.unwrap();
+        assert_eq!(m.host_port().unwrap(), ("127.0.0.1".to_string(), 1883));
+        assert_eq!((m.telemetry_period_s, m.keep_alive_s), (30, 15));
+        for (bad, field) in [
+            (ok.replace("mqtt://127.0.0.1:1883", "tcp://x:1"), "mqtt.url"),
+            (
+                ok.replace("mqtt://127.0.0.1:1883", "mqtt://nohost"),
+                "mqtt.url",
+            ),
+            (ok.replace("box-1", "box/1"), "mqtt.agent_id"),
+            (
+                ok.replace("agent_id = \"box-1\"", "agent_id = \"b\"\nkeep_alive_s = 1"),
+                "mqtt.keep_alive_s",
+            ),
+        ] {
+            let err = agent_err(&bad);
+            assert!(err.contains(field), "{field}: {err}");
         }
     }
 
