@@ -547,12 +547,12 @@ fn spawn_capture(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::Recorder;
     use crate::source::test_pattern::TestPattern;
     use crate::source::VideoFormat;
     use camfleet_shared::clock::SystemClock;
     use camfleet_shared::config::{AgentConfig, SpoolConfig};
     use camfleet_shared::wire::Rational;
-    use std::ops::RangeInclusive;
     use std::sync::Mutex;
 
     #[test]
@@ -568,34 +568,6 @@ mod tests {
         );
         assert_eq!(b.after_failure(Backoff::STABLE), Backoff::FIRST);
         assert_eq!(b.after_failure(short), Duration::from_secs(1));
-    }
-
-    /// Acknowledges at once and records what it was given.
-    #[derive(Default)]
-    struct Recorder {
-        frames: Mutex<Vec<FrameMeta>>,
-    }
-
-    impl FrameSink for Recorder {
-        async fn enqueue(
-            &self,
-            meta: &FrameMeta,
-            _payload: &[u8],
-            _evicted: &[RangeInclusive<u64>],
-        ) -> Result<AckFuture, SinkError> {
-            self.frames.lock().unwrap().push(meta.clone());
-            let seq = meta.seq;
-            Ok(Box::pin(async move {
-                Ok(Delivery::Kafka {
-                    partition: 0,
-                    offset: seq as i64,
-                })
-            }))
-        }
-
-        async fn flush(&self, _: Duration) -> Result<(), SinkError> {
-            Ok(())
-        }
     }
 
     /// A source that fails after `fail_after` frames, like an unplugged device.

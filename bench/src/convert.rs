@@ -72,7 +72,7 @@ fn raw_input(pix_fmt: &str, path: &Path) -> Vec<String> {
         "-s",
         &format!("{W}x{H}"),
         "-i",
-        path.to_str().unwrap(),
+        path.to_string_lossy().as_ref(),
     ]
     .map(String::from)
     .to_vec()
@@ -101,7 +101,7 @@ pub fn run(args: Args, results: Option<&Path>) -> anyhow::Result<()> {
             pix_fmt,
             "-f",
             "rawvideo",
-            out.to_str().unwrap(),
+            out.to_string_lossy().as_ref(),
         ])?;
     }
     let pattern = dir.join("frame%04d.jpg");
@@ -122,7 +122,7 @@ pub fn run(args: Args, results: Option<&Path>) -> anyhow::Result<()> {
         "default",
         "-f",
         "image2",
-        pattern.to_str().unwrap(),
+        pattern.to_string_lossy().as_ref(),
     ])?;
 
     let mut table = Table::new(
@@ -194,7 +194,7 @@ pub fn run(args: Args, results: Option<&Path>) -> anyhow::Result<()> {
         "-framerate",
         "30",
         "-i",
-        pattern.to_str().unwrap(),
+        pattern.to_string_lossy().as_ref(),
     ]
     .map(String::from)
     .to_vec();

@@ -87,42 +87,23 @@ pub fn ffmpeg() -> Command {
 /// Y4M has its own rate, so both sides are renumbered 0, 1, 2, ... in the
 /// same time base: the filter then pairs pictures by index, not by clock.
 pub fn psnr_y(encoded: &Path, reference: &Path, frames: u64) -> anyhow::Result<f64> {
-    let out = ffmpeg()
-        .args(["-loglevel", "info", "-i"])
-        .arg(encoded)
-        .arg("-i")
-        .arg(reference)
-        .args([
-            "-lavfi",
-            "[0:v]settb=1/30,setpts=N[a];[1:v]settb=1/30,setpts=N[b];[a][b]psnr=shortest=1",
-            "-frames:v",
-            &frames.to_string(),
-            "-f",
-            "null",
-            "-",
-        ])
-        .stdout(Stdio::null())
-        .output()
-        .context("run ffmpeg (psnr)")?;
-    let log = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("ffmpeg psnr failed on {}: {log}", encoded.display());
-    }
-    log.lines()
-        .rev()
-        .find_map(|l| {
-            l.split_once("PSNR y:")?
-                .1
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .with_context(|| format!("no `PSNR y:` in ffmpeg output: {log}"))
+    luma_metric(encoded, reference, frames, "psnr", "PSNR y:")
 }
 
 /// Mean luma SSIM, paired like [`psnr_y`], by ffmpeg's ssim filter.
 pub fn ssim_y(encoded: &Path, reference: &Path, frames: u64) -> anyhow::Result<f64> {
+    luma_metric(encoded, reference, frames, "ssim", "SSIM Y:")
+}
+
+/// Runs ffmpeg's `filter` (psnr or ssim) over the pictures paired by index
+/// and reads the luma value after `marker` in its summary line.
+fn luma_metric(
+    encoded: &Path,
+    reference: &Path,
+    frames: u64,
+    filter: &str,
+    marker: &str,
+) -> anyhow::Result<f64> {
     let out = ffmpeg()
         .args(["-loglevel", "info", "-i"])
         .arg(encoded)
@@ -130,7 +111,9 @@ pub fn ssim_y(encoded: &Path, reference: &Path, frames: u64) -> anyhow::Result<f
         .arg(reference)
         .args([
             "-lavfi",
-            "[0:v]settb=1/30,setpts=N[a];[1:v]settb=1/30,setpts=N[b];[a][b]ssim=shortest=1",
+            &format!(
+                "[0:v]settb=1/30,setpts=N[a];[1:v]settb=1/30,setpts=N[b];[a][b]{filter}=shortest=1"
+            ),
             "-frames:v",
             &frames.to_string(),
             "-f",
@@ -139,20 +122,20 @@ pub fn ssim_y(encoded: &Path, reference: &Path, frames: u64) -> anyhow::Result<f
         ])
         .stdout(Stdio::null())
         .output()
-        .context("run ffmpeg (ssim)")?;
+        .with_context(|| format!("run ffmpeg ({filter})"))?;
     let log = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        bail!("ffmpeg ssim failed on {}: {log}", encoded.display());
+        bail!("ffmpeg {filter} failed on {}: {log}", encoded.display());
     }
     log.lines()
         .rev()
         .find_map(|l| {
-            l.split_once("SSIM Y:")?
+            l.split_once(marker)?
                 .1
                 .split_whitespace()
                 .next()?
                 .parse()
                 .ok()
         })
-        .with_context(|| format!("no `SSIM Y:` in ffmpeg output: {log}"))
+        .with_context(|| format!("no `{marker}` in ffmpeg output: {log}"))
 }

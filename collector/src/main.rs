@@ -63,16 +63,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         } => {
             let cfg = load(&config)?;
             if let Some(inference) = &cfg.inference {
-                let models = inference.models_dir();
-                let options = camfleet_collector::detect::DetectorOptions {
-                    ort_dylib: inference.onnxruntime_library.clone(),
-                    ..Default::default()
-                };
-                let detector = camfleet_collector::detect::Detector::load(
-                    &inference.model,
-                    &models,
-                    &options,
-                )?;
+                let detector = camfleet_collector::infer::processor::load_detector(inference)?;
                 println!(
                     "ok model {} {} ({})",
                     detector.manifest().name,

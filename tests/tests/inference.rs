@@ -119,6 +119,23 @@ fn photo_clip(photo: &Path, seconds: u32, out: &Path) {
     assert!(ok, "ffmpeg could not build the clip");
 }
 
+/// The scenario's collector config, archiving under its directory.
+fn collector_with_archive(run: &Scenario) -> String {
+    run.collector_config(run.dir.path().join("archive").to_str().unwrap())
+}
+
+/// `config` plus an `[inference]` table: the default model from the cache,
+/// `infer_fps`, and the scenario's own topics.
+fn with_inference(config: String, infer_fps: u32, detections: &str, events: &str) -> String {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/models/nanodet-g.toml");
+    format!(
+        "{config}\n[inference]\nmodel = \"{}\"\nmodels_dir = \"{}\"\ninfer_fps = {infer_fps}\n\
+         detections_topic = \"{detections}\"\nevents_topic = \"{events}\"\n",
+        manifest.display(),
+        env_path("CAMFLEET_MODELS").display(),
+    )
+}
+
 fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
     let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
     let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
@@ -154,13 +171,7 @@ encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 10 }}
     run.spawn("agent", "camfleet-agent", &agent)
         .wait_success(Duration::from_secs(60));
 
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/models/nanodet-g.toml");
-    let collector = format!(
-        "{}\n[inference]\nmodel = \"{}\"\nmodels_dir = \"{}\"\ninfer_fps = 5\ndetections_topic = \"{detections}\"\nevents_topic = \"{events}\"\n",
-        run.collector_config(run.dir.path().join("archive").to_str().unwrap()),
-        manifest.display(),
-        env_path("CAMFLEET_MODELS").display(),
-    );
+    let collector = with_inference(collector_with_archive(&run), 5, &detections, &events);
     let collector = run.spawn("collector", "camfleet-collector", &collector);
 
     // 100 frames at 10 fps, inferred at 5 fps: 50 records.
@@ -337,14 +348,12 @@ fn inference_recovers_at_the_next_idr_after_corrupt_h264() {
         }
     });
 
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/models/nanodet-g.toml");
     let metrics = free_local_addr();
-    let config = format!(
-        "{}\n[inference]\nmodel = \"{}\"\nmodels_dir = \"{}\"\ninfer_fps = 30\ndetections_topic = \"{detections}\"\nevents_topic = \"{events}\"\n",
-        run.collector_config(run.dir.path().join("archive").to_str().unwrap())
-            .replace("listen = \"\"", &format!("listen = \"{metrics}\"")),
-        manifest.display(),
-        env_path("CAMFLEET_MODELS").display(),
+    let config = with_inference(
+        collector_with_archive(&run).replace("listen = \"\"", &format!("listen = \"{metrics}\"")),
+        30,
+        &detections,
+        &events,
     );
     let collector = run.spawn("collector", "camfleet-collector", &config);
     // Every frame but 23 (corrupt) and 24-29 (waiting for the IDR at 30).
@@ -401,13 +410,7 @@ fn inference_two_collectors_share_the_cameras_and_one_takes_over() {
             y4m.display()
         ));
     }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/models/nanodet-g.toml");
-    let collector_config = format!(
-        "{}\n[inference]\nmodel = \"{}\"\nmodels_dir = \"{}\"\ninfer_fps = 2\ndetections_topic = \"{detections}\"\nevents_topic = \"{events}\"\n",
-        run.collector_config(run.dir.path().join("archive").to_str().unwrap()),
-        manifest.display(),
-        env_path("CAMFLEET_MODELS").display(),
-    );
+    let collector_config = with_inference(collector_with_archive(&run), 2, &detections, &events);
     let first = run.spawn("collector-1", "camfleet-collector", &collector_config);
     let second = run.spawn("collector-2", "camfleet-collector", &collector_config);
     let agent = run.spawn("agent", "camfleet-agent", &agent);

@@ -128,3 +128,33 @@ pub trait FrameSink: Send + Sync + 'static {
         timeout: std::time::Duration,
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
+
+/// A sink for unit tests: acknowledges at once and records what it was given.
+#[cfg(test)]
+#[derive(Default)]
+pub struct Recorder {
+    pub frames: std::sync::Mutex<Vec<FrameMeta>>,
+}
+
+#[cfg(test)]
+impl FrameSink for Recorder {
+    async fn enqueue(
+        &self,
+        meta: &FrameMeta,
+        _payload: &[u8],
+        _evicted: &[RangeInclusive<u64>],
+    ) -> Result<AckFuture, SinkError> {
+        self.frames.lock().unwrap().push(meta.clone());
+        let seq = meta.seq;
+        Ok(Box::pin(async move {
+            Ok(Delivery::Kafka {
+                partition: 0,
+                offset: seq as i64,
+            })
+        }))
+    }
+
+    async fn flush(&self, _: std::time::Duration) -> Result<(), SinkError> {
+        Ok(())
+    }
+}

@@ -116,7 +116,10 @@ pub fn yuyv_to_i420(
             .zip(y_bottom.chunks_exact_mut(16))
             .zip(u.chunks_exact_mut(8).zip(v.chunks_exact_mut(8)))
         {
-            let (t, b): (&[u8; 32], &[u8; 32]) = (t.try_into().unwrap(), b.try_into().unwrap());
+            let (t, b): (&[u8; 32], &[u8; 32]) = (
+                t.try_into().expect("chunks_exact(32)"),
+                b.try_into().expect("chunks_exact(32)"),
+            );
             for i in 0..16 {
                 yt[i] = t[2 * i];
                 yb[i] = b[2 * i];
@@ -184,7 +187,7 @@ pub fn nv12_to_i420(
             .zip(u.chunks_exact_mut(16))
             .zip(v.chunks_exact_mut(16))
         {
-            let block: &[u8; 32] = block.try_into().unwrap();
+            let block: &[u8; 32] = block.try_into().expect("chunks_exact(32)");
             for i in 0..16 {
                 u[i] = block[2 * i];
                 v[i] = block[2 * i + 1];

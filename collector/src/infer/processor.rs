@@ -63,6 +63,15 @@ pub struct InferenceProcessor {
     capture_to_published: Histogram,
 }
 
+/// The detector `[inference]` names (also what `validate` loads).
+pub fn load_detector(config: &InferenceConfig) -> Result<Detector, DetectError> {
+    let options = DetectorOptions {
+        ort_dylib: config.onnxruntime_library.clone(),
+        ..DetectorOptions::default()
+    };
+    Detector::load(&config.model, &config.models_dir(), &options)
+}
+
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_histogram, Unit};
     describe_counter!(
@@ -89,12 +98,7 @@ impl InferenceProcessor {
     /// Loads the model (a missing, unreadable or mismatched model is an
     /// error here, at start) and creates the producer.
     pub fn new(config: &InferenceConfig, kafka: &CollectorKafkaConfig) -> Result<Self, InferError> {
-        let models = config.models_dir();
-        let options = DetectorOptions {
-            ort_dylib: config.onnxruntime_library.clone(),
-            ..DetectorOptions::default()
-        };
-        let mut detector = Detector::load(&config.model, &models, &options)?;
+        let mut detector = load_detector(config)?;
         // ONNX Runtime allocates and plans on the first run (~200 ms): pay
         // it here, not on a camera's first picture.
         let flat = vec![128u8; 64 * 64 * 3 / 2];

@@ -459,41 +459,11 @@ mod pipeline {
 
     use super::*;
     use crate::camera::SourceOpener;
-    use crate::sink::{AckFuture, Delivery, FrameSink, SinkError};
+    use crate::sink::Recorder;
     use crate::spool::SpoolSink;
     use camfleet_shared::clock::SystemClock;
     use camfleet_shared::config::{AgentConfig, SourceConfig, SpoolConfig};
-    use camfleet_shared::wire::FrameMeta;
-    use std::ops::RangeInclusive;
     use std::sync::Mutex;
-    use std::time::Duration;
-
-    #[derive(Default)]
-    struct Recorder {
-        frames: Mutex<Vec<FrameMeta>>,
-    }
-
-    impl FrameSink for Recorder {
-        async fn enqueue(
-            &self,
-            meta: &FrameMeta,
-            _payload: &[u8],
-            _evicted: &[RangeInclusive<u64>],
-        ) -> Result<AckFuture, SinkError> {
-            self.frames.lock().unwrap().push(meta.clone());
-            let seq = meta.seq;
-            Ok(Box::pin(async move {
-                Ok(Delivery::Kafka {
-                    partition: 0,
-                    offset: seq as i64,
-                })
-            }))
-        }
-
-        async fn flush(&self, _: Duration) -> Result<(), SinkError> {
-            Ok(())
-        }
-    }
 
     /// Opens V4L2 configs on the fake; the camera is plugged back in during
     /// the pipeline's backoff, before the second open.
