@@ -77,16 +77,25 @@ pub async fn run_with<S: FrameSink>(
         }
         None => None,
     };
+    let service = tokio::spawn(crate::service::notify_loop(
+        cameras
+            .iter()
+            .map(|c| (c.id.to_string(), c.stats.clone()))
+            .collect(),
+    ));
     let all = futures::future::join_all(cameras.into_iter().map(Camera::join));
     tokio::pin!(all);
     let ended = tokio::select! {
         ended = &mut all => ended,
         () = shutdown => {
             tracing::info!("shutdown: stopping capture, draining encoders, flushing to Kafka");
+            crate::service::stopping();
+            service.abort();
             stops.iter().for_each(|s| s.set());
             all.await
         }
     };
+    service.abort();
     // Every encoder has stopped: send what Kafka will take within the
     // bound; the rest stays in the spool for the next start.
     if let Err(e) = sink.flush(SHUTDOWN_FLUSH).await {

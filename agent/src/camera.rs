@@ -252,6 +252,7 @@ async fn supervise<S: FrameSink>(
     let mut backoff = Backoff::new();
     while !stop.is_set() {
         let started = Instant::now();
+        stats.pulse.run_started();
         let outcome = run_once(
             &config,
             &ctx,
@@ -262,6 +263,7 @@ async fn supervise<S: FrameSink>(
             &mut issued,
         )
         .await;
+        stats.pulse.run_ended();
         stats.set_up(false);
         match outcome {
             Ok(RunEnd::Finished | RunEnd::Stopped) => break,
@@ -445,6 +447,7 @@ async fn run_once<S: FrameSink>(
         stats.queue_encoded.set(enc_rx.len() as f64);
         match ctx.sink.enqueue(&frame.meta, &frame.payload, &[]).await {
             Ok(ack) => {
+                stats.pulse.frame();
                 if ack_tx.send((ack, frame.meta.capture_us)).await.is_err() {
                     break;
                 }

@@ -8,6 +8,7 @@ pub mod encode;
 pub mod fleet;
 pub mod scale;
 pub mod sequence;
+pub mod service;
 pub mod sink;
 pub mod source;
 pub mod spool;

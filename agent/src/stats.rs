@@ -62,6 +62,8 @@ pub struct CameraStats {
     pub queue_raw: Gauge,
     pub queue_encoded: Gauge,
     pub queue_unacked: Gauge,
+    /// Frames handed to the sink and run state, for systemd (`crate::service`).
+    pub pulse: crate::service::Pulse,
     encode_seconds: Histogram,
     ack_seconds: Histogram,
     ack_latency_us: Mutex<Vec<u32>>,
@@ -163,6 +165,7 @@ impl CameraStats {
             queue_raw: queue("raw"),
             queue_encoded: queue("encoded"),
             queue_unacked: queue("unacked"),
+            pulse: crate::service::Pulse::default(),
             encode_seconds: metrics::histogram!("camfleet_agent_encode_seconds", "camera" => cam.clone()),
             ack_seconds: metrics::histogram!("camfleet_agent_capture_to_ack_seconds", "camera" => cam),
             ack_latency_us: Mutex::new(Vec::new()),

@@ -20,6 +20,7 @@ use crate::consume::{self, RebalanceLog};
 use crate::continuity::{self, Continuity, Verdict};
 use crate::fanout::{FanOut, Frame, Processor};
 use crate::segmenter::{Segment, SegmentFrame, SegmentPolicy, Segmenter};
+use crate::service::ServiceState;
 use crate::stats::Stats;
 use bytes::Bytes;
 use camfleet_shared::config::CollectorConfig;
@@ -69,6 +70,8 @@ pub struct Collector<A: Archive> {
     stats: Arc<Stats>,
     fanout: FanOut,
     shutdown: watch::Receiver<bool>,
+    /// Readiness and watchdog (systemd, Kubernetes probes).
+    service: Arc<ServiceState>,
 }
 
 /// Frames queued per processor (about 4 s of 8 cameras at 30 fps).
@@ -81,6 +84,7 @@ impl<A: Archive> Collector<A> {
         stats: Arc<Stats>,
         processors: Vec<Box<dyn Processor>>,
         shutdown: watch::Receiver<bool>,
+        service: Arc<ServiceState>,
     ) -> Result<Self, CollectorError> {
         let consumer: StreamConsumer<RebalanceLog> = consume::consumer_config(&config.kafka)
             .map_err(|e| CollectorError::Kafka(format!("consumer: {e}")))?
@@ -121,6 +125,7 @@ impl<A: Archive> Collector<A> {
             stats,
             fanout: FanOut::start(processors, PROCESSOR_QUEUE_FRAMES),
             shutdown,
+            service,
         })
     }
 
@@ -129,6 +134,12 @@ impl<A: Archive> Collector<A> {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut shutdown = self.shutdown.clone();
         loop {
+            // The watchdog is fed from here: a hung archive write or commit
+            // stops the pings (crate::service).
+            self.service.turned();
+            if self.consumer.context().has_joined() {
+                self.service.joined();
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
@@ -645,14 +656,29 @@ pub async fn run_with<A: Archive>(
     processors: Vec<Box<dyn Processor>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), CollectorError> {
+    let service = Arc::new(ServiceState::from_env());
+    run_service(config, archive, stats, processors, service, shutdown).await
+}
+
+/// [`run_with`] reporting readiness and liveness to `service` (systemd's
+/// notify socket, the HTTP probes).
+pub async fn run_service<A: Archive>(
+    config: CollectorConfig,
+    archive: A,
+    stats: Arc<Stats>,
+    processors: Vec<Box<dyn Processor>>,
+    service: Arc<ServiceState>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), CollectorError> {
     let (tx, rx) = watch::channel(false);
-    let collector = Collector::new(config, archive, stats, processors, rx)?;
+    let collector = Collector::new(config, archive, stats, processors, rx, service.clone())?;
     let run = collector.run();
     tokio::pin!(run);
     tokio::select! {
         r = &mut run => return r,
         () = shutdown => {
             tracing::info!("shutdown requested");
+            service.stopping();
             let _ = tx.send(true);
         }
     }

@@ -20,15 +20,22 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientConfig, ClientContext};
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Mutex;
 
 /// Remembers partitions revoked during a poll, for the main loop to act on.
 #[derive(Default)]
 pub struct RebalanceLog {
     revoked: Mutex<Vec<i32>>,
+    /// An assignment (possibly empty) arrived: the consumer is a group member.
+    joined: AtomicBool,
 }
 
 impl RebalanceLog {
+    pub fn has_joined(&self) -> bool {
+        self.joined.load(Relaxed)
+    }
+
     pub fn take_revoked(&self) -> Vec<i32> {
         std::mem::take(&mut *self.revoked.lock().expect("rebalance lock"))
     }
@@ -77,6 +84,7 @@ impl ConsumerContext for RebalanceLog {
             Rebalance::Assign(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(?parts, "partitions assigned");
+                self.joined.store(true, Relaxed);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }

@@ -1,5 +1,6 @@
 use anyhow::Context;
 use camfleet_collector::archive::AnyArchive;
+use camfleet_collector::service::ServiceState;
 use camfleet_collector::stats::Stats;
 use camfleet_shared::config::CollectorConfig;
 use clap::{Parser, Subcommand};
@@ -90,13 +91,21 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { config } => {
             let cfg = load(&config)?;
+            let service = Arc::new(ServiceState::from_env());
             if !cfg.http.listen.is_empty() {
                 let addr: std::net::SocketAddr = cfg.http.listen.parse()?;
-                metrics_exporter_prometheus::PrometheusBuilder::new()
-                    .with_http_listener(addr)
-                    .install()
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
                     .with_context(|| format!("cannot serve /metrics on {addr}"))?;
+                let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .install_recorder()
+                    .context("metrics recorder")?;
                 Stats::describe();
+                tokio::spawn(camfleet_collector::http::serve(
+                    listener,
+                    metrics,
+                    service.clone(),
+                ));
             }
             // The model is loaded before anything is consumed: a missing or
             // mismatched model stops the start with its cause.
@@ -110,11 +119,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             let archive = AnyArchive::open(&cfg.archive.root).await?;
             let stats = Arc::new(Stats::default());
-            camfleet_collector::app::run_with(
+            camfleet_collector::app::run_service(
                 cfg,
                 archive,
                 stats.clone(),
                 processors,
+                service,
                 shutdown_signal(),
             )
             .await?;

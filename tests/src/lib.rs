@@ -157,6 +157,18 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, bin: &str, args: &[&str], log_dir: &Path) -> Self {
+        Self::spawn_env(name, bin, args, log_dir, &[])
+    }
+
+    /// [`Proc::spawn`] with extra environment variables (e.g. systemd's
+    /// `NOTIFY_SOCKET` and `WATCHDOG_USEC`).
+    pub fn spawn_env(
+        name: &str,
+        bin: &str,
+        args: &[&str],
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = log_dir.join(format!("{}.log", name.replace('/', "-")));
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -168,6 +180,7 @@ impl Proc {
             .stdout(Stdio::piped())
             .stderr(stderr)
             .env("RUST_LOG", "info,librdkafka=warn")
+            .envs(env.iter().copied())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
         Self {
@@ -540,6 +553,13 @@ pub fn free_local_addr() -> String {
 
 /// A plain HTTP/1.0 GET; returns the body.
 pub fn http_get(addr: &str, path: &str) -> String {
+    let (status, body) = http_get_status(addr, path);
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
+}
+
+/// A plain HTTP/1.0 GET; returns the status code and the body.
+pub fn http_get_status(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -547,11 +567,12 @@ pub fn http_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").expect("HTTP response");
-    assert!(
-        head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "{head}"
-    );
-    body.to_string()
+    let status = head
+        .strip_prefix("HTTP/1.")
+        .and_then(|h| h.get(2..5))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP status line: {head}"));
+    (status, body.to_string())
 }
 
 /// One whole frame as read back from the topic.

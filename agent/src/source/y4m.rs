@@ -40,7 +40,9 @@ impl Y4mFile {
             path: shown.clone(),
             reason,
         })?;
-        let data_start = reader.stream_position().map_err(io)?;
+        // Counted, not asked of the file: a FIFO (`ffmpeg -f yuv4mpegpipe`)
+        // cannot seek, and only looping needs the position.
+        let data_start = header.len() as u64;
         Ok(Self {
             path: shown,
             reader,
@@ -70,11 +72,14 @@ impl Y4mFile {
             return Ok(false);
         }
         if !line.starts_with(b"FRAME") || line.last() != Some(&b'\n') {
-            let at = self.reader.stream_position().map_err(io)? - n as u64;
+            let at = match self.reader.stream_position() {
+                Ok(end) => format!("at byte {}", end - n as u64),
+                Err(_) => "in the stream".to_string(),
+            };
             return Err(SourceError::Y4m {
                 path: self.path.clone(),
                 reason: format!(
-                    "at byte {at}: expected a FRAME line before frame {} (found {:?})",
+                    "{at}: expected a FRAME line before frame {} (found {:?})",
                     self.next,
                     String::from_utf8_lossy(&line[..line.len().min(16)])
                 ),
