@@ -38,3 +38,9 @@ JSONSCHEMA_VERSION=4.25.1
 SCIKIT_IMAGE_VERSION=0.26.0
 ULTRALYTICS_VERSION=8.4.190
 CAMFLEET_PHOTOS="$CAMFLEET_CACHE/photos"
+# Deployment checks (docs/deploy.md): offline Kubernetes schema validation
+# (Go module, built with `go install`) and the .deb builder (crates.io).
+KUBECTL_VALIDATE_VERSION=v0.0.4
+KUBECTL_VALIDATE="$CAMFLEET_CACHE/kubectl-validate-$KUBECTL_VALIDATE_VERSION/kubectl-validate"
+CARGO_DEB_VERSION=3.8.0
+CARGO_DEB="$CAMFLEET_CACHE/cargo-deb-$CARGO_DEB_VERSION/bin/cargo-deb"

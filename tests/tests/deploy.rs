@@ -102,13 +102,330 @@ fn deploy_systemd_verify_catches_a_broken_unit() {
         .replace("Type=notify", "Type=notifyy");
     let copy = dir.path().join("camfleet-agent.service");
     std::fs::write(&copy, text).unwrap();
-    let (_, out, err) = run(Command::new("systemd-analyze").args([
-        "verify",
-        "--no-pager",
-        copy.to_str().unwrap(),
-    ]));
+    let (_, out, err) =
+        run(Command::new("systemd-analyze").args(["verify", "--no-pager", copy.to_str().unwrap()]));
     assert!(
         format!("{out}{err}").contains("camfleet-agent.service:"),
         "{out}{err}"
+    );
+}
+
+/// A variable of scripts/services.d/versions.sh (tool paths in the cache).
+fn pinned(var: &str) -> String {
+    let versions = repo().join("scripts/services.d/versions.sh");
+    let (ok, out, err) = run(Command::new("bash").arg("-c").arg(format!(
+        "source '{}' && printf %s \"${var}\"",
+        versions.display()
+    )));
+    assert!(ok && !out.is_empty(), "{var} from versions.sh: {err}");
+    out
+}
+
+/// The files a kustomization.yaml lists under `resources:`.
+fn kustomize_resources(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    text.lines()
+        .skip_while(|l| !l.starts_with("resources:"))
+        .skip(1)
+        .map_while(|l| l.strip_prefix("  - "))
+        .map(|f| dir.join(f.trim()))
+        .collect()
+}
+
+/// kubectl-validate against the Kubernetes 1.30 schemas built into it; no
+/// cluster and no kubeconfig, so nothing is fetched.
+fn kubectl_validate(files: &[PathBuf]) -> (bool, String) {
+    let home = tempfile::tempdir().unwrap();
+    let (ok, out, err) = run(Command::new(pinned("KUBECTL_VALIDATE"))
+        .args(files)
+        .args(["--version", "1.30"])
+        .env("HOME", home.path())
+        .env("KUBECONFIG", home.path().join("none")));
+    (ok, format!("{out}{err}"))
+}
+
+#[test]
+fn deploy_kubernetes_manifests_validate_offline_and_match_the_collector() {
+    let k8s = repo().join("deploy/k8s");
+    let files = kustomize_resources(&k8s);
+    let kinds: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    for kind in [
+        "kind: Deployment",
+        "kind: ConfigMap",
+        "kind: Secret",
+        "kind: Service",
+        "kind: PodDisruptionBudget",
+    ] {
+        assert!(kinds.contains(kind), "deploy/k8s lacks a {kind}");
+    }
+    let (ok, report) = kubectl_validate(&files);
+    assert!(ok, "kubectl-validate:\n{report}");
+
+    // The check can fail: a wrong type and an unknown field are caught.
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = std::fs::read_to_string(k8s.join("deployment.yaml")).unwrap();
+    for (what, broken) in [
+        (
+            "a string for replicas",
+            deployment.replace("replicas: 3", "replicas: three"),
+        ),
+        (
+            "an unknown field",
+            deployment.replace("revisionHistoryLimit: 3", "revisionHistoryLimt: 3"),
+        ),
+    ] {
+        let file = dir.path().join("deployment.yaml");
+        std::fs::write(&file, broken).unwrap();
+        let (ok, report) = kubectl_validate(&[file]);
+        assert!(!ok, "kubectl-validate accepted {what}:\n{report}");
+    }
+
+    // The ConfigMap's collector.toml passes the collector's own validate,
+    // and serves HTTP on the port the probes and the scrape annotation use.
+    let configmap = std::fs::read_to_string(k8s.join("configmap.yaml")).unwrap();
+    let toml: String = configmap
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("collector.toml: |"))
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert!(toml.contains("listen = \"0.0.0.0:9464\""), "{toml}");
+    let config = dir.path().join("collector.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let (ok, out, err) = run(Command::new(binary("camfleet-collector")).args([
+        "validate",
+        "--config",
+        config.to_str().unwrap(),
+    ]));
+    assert!(ok, "collector validate on the ConfigMap:\n{out}{err}");
+    assert!(deployment.contains("containerPort: 9464"));
+    assert!(deployment.contains("path: /healthz") && deployment.contains("path: /readyz"));
+    let service = std::fs::read_to_string(k8s.join("service.yaml")).unwrap();
+    assert!(service.contains("prometheus.io/port: \"9464\""));
+}
+
+/// The newest `<name>_*_amd64.deb` that scripts/package left in the target dir.
+fn built_deb(name: &str) -> PathBuf {
+    let target = binary("camfleet-agent")
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("debian");
+    let mut debs: Vec<PathBuf> = std::fs::read_dir(&target)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/package", target.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let f = p.file_name().unwrap().to_string_lossy();
+            f.starts_with(&format!("{name}_")) && f.ends_with("_amd64.deb")
+        })
+        .collect();
+    debs.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+    debs.pop().unwrap_or_else(|| {
+        panic!(
+            "no {name} .deb in {}: run scripts/package",
+            target.display()
+        )
+    })
+}
+
+fn dpkg(args: &[&str]) -> (bool, String) {
+    let (ok, out, err) = run(Command::new("dpkg")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive"));
+    (ok, format!("{out}{err}"))
+}
+
+/// Processes running this executable (none may be started by dpkg).
+fn running(exe: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path().join("exe")).ok())
+        .filter(|p| p == Path::new(exe))
+        .count()
+}
+
+fn systemd_unit_path(unit: &str) -> PathBuf {
+    ["/lib/systemd/system", "/usr/lib/systemd/system"]
+        .iter()
+        .map(|d| Path::new(d).join(unit))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{unit} not installed"))
+}
+
+/// The package's metadata and file list, as dpkg-deb reads them.
+fn check_deb_contents(deb: &Path, name: &str, config: &str) {
+    let (ok, info, err) = run(Command::new("dpkg-deb").arg("-I").arg(deb));
+    assert!(ok, "dpkg-deb -I: {err}");
+    for field in [
+        format!("Package: {name}"),
+        "Architecture: amd64".to_string(),
+        "Depends:".into(),
+        "libc6".into(),
+        "conffiles".into(),
+        "postinst".into(),
+        "postrm".into(),
+    ] {
+        assert!(
+            info.contains(&field),
+            "{name}: no {field} in dpkg-deb -I:\n{info}"
+        );
+    }
+    let (ok, list, err) = run(Command::new("dpkg-deb").arg("-c").arg(deb));
+    assert!(ok, "dpkg-deb -c: {err}");
+    for path in [
+        format!("./usr/bin/{name}"),
+        format!("./etc/camfleet/{config}"),
+        format!("/systemd/system/{name}.service"),
+        format!("./usr/share/doc/{name}/deploy.md"),
+    ] {
+        assert!(
+            list.contains(&path),
+            "{name}: no {path} in dpkg-deb -c:\n{list}"
+        );
+    }
+    let (_, conffiles, _) = run(Command::new("dpkg-deb")
+        .args(["-I"])
+        .arg(deb)
+        .arg("conffiles"));
+    assert!(
+        conffiles
+            .lines()
+            .any(|l| l == format!("/etc/camfleet/{config}")),
+        "{name}: conffiles: {conffiles}"
+    );
+}
+
+#[test]
+fn deploy_deb_packages_install_enable_remove_and_purge_cleanly() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "installing packages needs root (CI runs as root)"
+    );
+    let agent_deb = built_deb("camfleet-agent");
+    let collector_deb = built_deb("camfleet-collector");
+    check_deb_contents(&agent_deb, "camfleet-agent", "agent.toml");
+    check_deb_contents(&collector_deb, "camfleet-collector", "collector.toml");
+    assert!(
+        run(Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&agent_deb)
+            .arg("Depends"))
+        .1
+        .contains("adduser"),
+        "the agent's postinst needs adduser"
+    );
+    // Leftovers of an interrupted earlier run.
+    for p in ["camfleet-agent", "camfleet-collector"] {
+        dpkg(&["--purge", p]);
+    }
+
+    // Install: binary, config, unit enabled but not started, user in video.
+    let (ok, log) = dpkg(&["-i", agent_deb.to_str().unwrap()]);
+    assert!(ok, "dpkg -i agent:\n{log}");
+    let (ok, groups, _) = run(Command::new("id").args(["-nG", "camfleet"]));
+    assert!(
+        ok && groups.split_whitespace().any(|g| g == "video"),
+        "groups: {groups}"
+    );
+    let (_, owner, _) = run(Command::new("stat").args(["-c", "%U:%G %a", "/var/lib/camfleet"]));
+    assert_eq!(owner.trim(), "camfleet:camfleet 750");
+    let (ok, version, _) = run(Command::new("/usr/bin/camfleet-agent").arg("--version"));
+    assert!(
+        ok && version.contains(env!("CARGO_PKG_VERSION")),
+        "{version}"
+    );
+    // The unit's ExecStartPre, as the service user, on the shipped config.
+    let (ok, out, err) = run(Command::new("runuser").args([
+        "-u",
+        "camfleet",
+        "--",
+        "/usr/bin/camfleet-agent",
+        "validate",
+        "--config",
+        "/etc/camfleet/agent.toml",
+    ]));
+    assert!(ok, "validate as camfleet:\n{out}{err}");
+    let unit = systemd_unit_path("camfleet-agent.service");
+    assert_eq!(
+        std::fs::read_to_string(&unit).unwrap(),
+        std::fs::read_to_string(repo().join("systemd/camfleet-agent.service")).unwrap()
+    );
+    let (ok, out, err) =
+        run(Command::new("systemd-analyze").args(["verify", "--no-pager", unit.to_str().unwrap()]));
+    assert!(
+        ok && !format!("{out}{err}").contains("camfleet"),
+        "verify installed unit:\n{out}{err}"
+    );
+    assert!(
+        Path::new("/etc/systemd/system/multi-user.target.wants/camfleet-agent.service").exists(),
+        "the unit is enabled at install"
+    );
+    assert_eq!(
+        running("/usr/bin/camfleet-agent"),
+        0,
+        "dpkg started the agent"
+    );
+
+    // Remove keeps the state and the (edited) config; purge deletes both.
+    std::fs::write("/var/lib/camfleet/seq-state-marker", b"kept").unwrap();
+    let mut config = std::fs::read_to_string("/etc/camfleet/agent.toml").unwrap();
+    config.push_str("\n# edited by the installer\n");
+    std::fs::write("/etc/camfleet/agent.toml", &config).unwrap();
+    let (ok, log) = dpkg(&["--remove", "camfleet-agent"]);
+    assert!(ok, "dpkg --remove:\n{log}");
+    assert!(!Path::new("/usr/bin/camfleet-agent").exists());
+    assert!(!unit.exists());
+    assert!(
+        Path::new("/var/lib/camfleet/seq-state-marker").exists(),
+        "remove deleted state"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/etc/camfleet/agent.toml").unwrap(),
+        config
+    );
+    let (ok, log) = dpkg(&["--purge", "camfleet-agent"]);
+    assert!(ok, "dpkg --purge:\n{log}");
+    assert!(
+        !Path::new("/var/lib/camfleet").exists(),
+        "purge left the state"
+    );
+    assert!(
+        !Path::new("/etc/camfleet/agent.toml").exists(),
+        "purge left the config"
+    );
+    assert!(
+        !Path::new("/etc/systemd/system/multi-user.target.wants/camfleet-agent.service").exists()
+    );
+
+    // The collector: install, validate its shipped config, verify, purge.
+    let (ok, log) = dpkg(&["-i", collector_deb.to_str().unwrap()]);
+    assert!(ok, "dpkg -i collector:\n{log}");
+    let (ok, out, err) = run(Command::new("/usr/bin/camfleet-collector").args([
+        "validate",
+        "--config",
+        "/etc/camfleet/collector.toml",
+    ]));
+    assert!(ok, "collector validate:\n{out}{err}");
+    let unit = systemd_unit_path("camfleet-collector.service");
+    let (ok, out, err) =
+        run(Command::new("systemd-analyze").args(["verify", "--no-pager", unit.to_str().unwrap()]));
+    assert!(
+        ok && !format!("{out}{err}").contains("camfleet"),
+        "verify:\n{out}{err}"
+    );
+    assert_eq!(
+        running("/usr/bin/camfleet-collector"),
+        0,
+        "dpkg started the collector"
+    );
+    let (ok, log) = dpkg(&["--purge", "camfleet-collector"]);
+    assert!(ok, "dpkg --purge collector:\n{log}");
+    assert!(!Path::new("/usr/bin/camfleet-collector").exists());
+    assert!(
+        !Path::new("/etc/camfleet").exists(),
+        "/etc/camfleet left behind"
     );
 }
