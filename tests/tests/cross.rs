@@ -100,3 +100,64 @@ fn deploy_cross_aarch64_agent_streams_to_kafka_under_qemu() {
         );
     }
 }
+
+#[test]
+fn deploy_cross_arm64_package_holds_the_aarch64_agent_and_plain_depends() {
+    let dir = cross_agent()
+        .parent()
+        .and_then(|p| p.parent())
+        .and_then(|p| p.parent())
+        .expect("cross target dir")
+        .join("debian");
+    let deb = dir.join(format!(
+        "camfleet-agent_{}-1_arm64.deb",
+        env!("CARGO_PKG_VERSION")
+    ));
+    assert!(
+        deb.exists(),
+        "{} missing: run scripts/package --target {TARGET} agent",
+        deb.display()
+    );
+    let field = |name: &str| {
+        let out = Command::new("dpkg-deb")
+            .arg("-f")
+            .arg(&deb)
+            .arg(name)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(field("Architecture"), "arm64");
+    // An arm64 box resolves these natively; no `:arm64` qualifiers.
+    let depends = field("Depends");
+    assert!(
+        depends.contains("libc6 (>=") && !depends.contains(':'),
+        "{depends}"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let ok = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(work.path())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let bin = work.path().join("usr/bin/camfleet-agent");
+    let file = Command::new("file").arg(&bin).output().unwrap();
+    let file = String::from_utf8_lossy(&file.stdout);
+    assert!(
+        file.contains("ARM aarch64") && !file.contains("not stripped"),
+        "{file}"
+    );
+    let version = Command::new("qemu-aarch64")
+        .args(["-L", "/usr/aarch64-linux-gnu"])
+        .arg(&bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("camfleet-agent {}", env!("CARGO_PKG_VERSION"))
+    );
+}
