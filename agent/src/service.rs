@@ -111,6 +111,10 @@ pub async fn notify_loop(cameras: Vec<(String, Arc<crate::stats::CameraStats>)>)
     let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if ready && half.is_none() {
+            // Ready, and systemd asked for no watchdog: nothing left to say.
+            return;
+        }
         tokio::select! {
             _ = ready_poll.tick(), if !ready => {
                 let waiting: Vec<&str> = cameras
