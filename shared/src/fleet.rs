@@ -185,7 +185,8 @@ impl DesiredDoc {
     /// (so a document signed for one agent or site cannot be replayed onto
     /// another), then the canonical bytes.
     pub fn signed_bytes(&self, scope: Scope, target: &str) -> Vec<u8> {
-        let mut b = format!("camfleet-desired-config/1\n{}:{target}\n", scope.as_str()).into_bytes();
+        let mut b =
+            format!("camfleet-desired-config/1\n{}:{target}\n", scope.as_str()).into_bytes();
         b.extend(self.canonical_bytes());
         b
     }
@@ -330,12 +331,13 @@ pub fn merge(local_toml: &str, overlays: &[&DesiredDoc]) -> Result<AgentConfig, 
         let overlay = to_toml_table(&doc.config)?;
         merge_table(&mut base, overlay, "config")?;
     }
-    let cfg: AgentConfig = serde_path_to_error::deserialize(toml::Value::Table(base))
-        .map_err(|e| {
+    let cfg: AgentConfig =
+        serde_path_to_error::deserialize(toml::Value::Table(base)).map_err(|e| {
             let path = e.path().to_string();
             DocError::Config(format!("{path}: {}", e.into_inner()))
         })?;
-    cfg.validate().map_err(|e: ConfigError| DocError::Config(e.to_string()))?;
+    cfg.validate()
+        .map_err(|e: ConfigError| DocError::Config(e.to_string()))?;
     Ok(cfg)
 }
 
@@ -409,7 +411,9 @@ fn merge_cameras(base: &mut toml::Table, v: toml::Value, path: &str) -> Result<(
         .entry("camera")
         .or_insert_with(|| toml::Value::Array(vec![]));
     let toml::Value::Array(cams) = cams else {
-        return Err(DocError::Config("agent.toml: camera is not an array".into()));
+        return Err(DocError::Config(
+            "agent.toml: camera is not an array".into(),
+        ));
     };
     for (i, entry) in entries.into_iter().enumerate() {
         let here = format!("{path}[{i}]");
@@ -474,7 +478,10 @@ encoder = { bitrate_kbps = 800 }
 
     #[test]
     fn site_then_agent_override_the_local_file() {
-        let site = doc(3, r#"{"kafka":{"bootstrap_servers":"10.0.0.1:9092"},"camera":[{"id":"depot/gate","encoder":{"bitrate_kbps":1000,"keyframe_interval_frames":30}}]}"#);
+        let site = doc(
+            3,
+            r#"{"kafka":{"bootstrap_servers":"10.0.0.1:9092"},"camera":[{"id":"depot/gate","encoder":{"bitrate_kbps":1000,"keyframe_interval_frames":30}}]}"#,
+        );
         let agent = doc(
             9,
             r#"{"camera":[{"id":"depot/gate","encoder":{"bitrate_kbps":1500}},
@@ -508,10 +515,18 @@ encoder = { bitrate_kbps = 800 }
             (r#"{"version":1}"#, "missing field `config`"),
             (r#"{"version":"7","config":{}}"#, "invalid type"),
             (r#"{"version":0,"config":{}}"#, "version: must be 1"),
-            (r#"{"version":1,"config":{},"extra":1}"#, "unknown field `extra`"),
-            (r#"{"version":1,"config":{},"signature":"!!"}"#, "signature: not base64"),
+            (
+                r#"{"version":1,"config":{},"extra":1}"#,
+                "unknown field `extra`",
+            ),
+            (
+                r#"{"version":1,"config":{},"signature":"!!"}"#,
+                "signature: not base64",
+            ),
         ] {
-            let err = DesiredDoc::parse(payload.as_bytes()).unwrap_err().to_string();
+            let err = DesiredDoc::parse(payload.as_bytes())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{payload}: {err}");
         }
         let big = vec![b' '; MAX_DOC_BYTES + 1];
@@ -535,9 +550,18 @@ encoder = { bitrate_kbps = 800 }
             (r#"{"data_dir":"/tmp"}"#, "config.data_dir: cannot be set"),
             (r#"{"mqtt":{"url":"mqtt://x:1"}}"#, "config.mqtt.url"),
             (r#"{"spool":{"dir":"/x"}}"#, "config.spool.dir"),
-            (r#"{"kafka":{"bootstrap_servers":null}}"#, "config.kafka.bootstrap_servers: null"),
-            (r#"{"camera":[{"id":"x/y","remove":true}]}"#, "no camera \"x/y\""),
-            (r#"{"camera":{"id":"x/y"}}"#, "config.camera: must be an array"),
+            (
+                r#"{"kafka":{"bootstrap_servers":null}}"#,
+                "config.kafka.bootstrap_servers: null",
+            ),
+            (
+                r#"{"camera":[{"id":"x/y","remove":true}]}"#,
+                "no camera \"x/y\"",
+            ),
+            (
+                r#"{"camera":{"id":"x/y"}}"#,
+                "config.camera: must be an array",
+            ),
             (r#"{"spool":{"max_bytes":-1}}"#, "spool.max_bytes"),
         ] {
             let err = merged(&[&doc(1, config)]).unwrap_err();
