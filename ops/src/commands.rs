@@ -261,7 +261,8 @@ pub fn check_locally(doc: &DesiredDoc, base: Option<&str>) -> anyhow::Result<()>
         return Ok(());
     }
     let mut stand_in = String::from(
-        "data_dir = \"/nonexistent\"\n[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n",
+        "data_dir = \"/nonexistent\"\n[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+         [mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nagent_id = \"stand-in\"\n",
     );
     let mut ids = Vec::new();
     if let Some(Value::Array(cams)) = doc.config.get("camera") {
@@ -631,6 +632,7 @@ mod tests {
         assert!(err.contains("encoder.bitrate_kbps"), "{err}");
         let mut ok = Map::new();
         apply_patch(&mut ok, "camera[depot/gate].encoder.bitrate_kbps=500").unwrap();
+        apply_patch(&mut ok, "mqtt.telemetry_period_s=5").unwrap();
         check_locally(&DesiredDoc::new(1, ok), None).unwrap();
         let mut bad = Map::new();
         apply_patch(&mut bad, "http.listen=\"0.0.0.0:1\"").unwrap();

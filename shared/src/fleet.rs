@@ -15,7 +15,8 @@
 //!   the same scope it applied last.
 //! * `config`: a partial agent config in agent.toml's shape. Tables merge
 //!   key by key; `camera` entries merge by `id` (a new id adds a camera, an
-//!   entry with `remove = true` removes it); any other array replaces.
+//!   entry with `remove = true` removes it, and is a no-op when there is no
+//!   such camera); any other array replaces.
 //! * `signature`: optional; ed25519 over [`DesiredDoc::signed_bytes`].
 //!
 //! Canonical bytes: `{"config":...,"version":N}` as JSON with every object's
@@ -437,11 +438,9 @@ fn merge_cameras(base: &mut toml::Table, v: toml::Value, path: &str) -> Result<(
             (Some(p), true) => {
                 cams.remove(p);
             }
-            (None, true) => {
-                return Err(DocError::Config(format!(
-                    "{here}: remove: no camera {id:?} to remove"
-                )))
-            }
+            // Idempotent: a retained document that removed a camera stays
+            // valid once agent.toml no longer has it either.
+            (None, true) => {}
             (Some(p), false) => {
                 if let toml::Value::Table(c) = &mut cams[p] {
                     merge_table(c, entry, &here)?;
@@ -504,6 +503,8 @@ encoder = { bitrate_kbps = 800 }
         );
         let c = merged(&[&remove]).unwrap();
         assert_eq!(c.cameras.len(), 1);
+        // Removing a camera that is not there is a no-op (retained documents stay valid).
+        assert_eq!(merged(&[&remove, &remove]).unwrap().cameras.len(), 1);
         assert_eq!(c.cameras[0].id.as_str(), "depot/yard");
     }
 
@@ -553,10 +554,6 @@ encoder = { bitrate_kbps = 800 }
             (
                 r#"{"kafka":{"bootstrap_servers":null}}"#,
                 "config.kafka.bootstrap_servers: null",
-            ),
-            (
-                r#"{"camera":[{"id":"x/y","remove":true}]}"#,
-                "no camera \"x/y\"",
             ),
             (
                 r#"{"camera":{"id":"x/y"}}"#,
