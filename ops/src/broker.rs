@@ -12,6 +12,8 @@ pub struct BrokerArgs {
     pub prefix: String,
     pub username: Option<String>,
     pub password_file: Option<std::path::PathBuf>,
+    /// CA (PEM) of the broker's certificate for mqtts://; absent = system CAs.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 pub struct Session {
@@ -23,10 +25,12 @@ pub struct Session {
 impl Session {
     /// Connects and waits for the broker's ConnAck (10 s at most).
     pub async fn connect(args: &BrokerArgs) -> anyhow::Result<Self> {
+        let tls = args.url.starts_with("mqtts://");
         let rest = args
             .url
             .strip_prefix("mqtt://")
-            .with_context(|| format!("--url {:?}: use mqtt://host:port", args.url))?;
+            .or_else(|| args.url.strip_prefix("mqtts://"))
+            .with_context(|| format!("--url {:?}: use mqtt://host:port or mqtts://", args.url))?;
         let (host, port) = rest
             .trim_end_matches('/')
             .rsplit_once(':')
@@ -44,6 +48,16 @@ impl Session {
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(true)
             .set_max_packet_size(16 << 20, 1 << 20);
+        if tls {
+            let config = match &args.ca_file {
+                Some(f) => rumqttc::TlsConfiguration::SimpleNative {
+                    ca: std::fs::read(f).with_context(|| format!("--ca-file {}", f.display()))?,
+                    client_auth: None,
+                },
+                None => rumqttc::TlsConfiguration::Native,
+            };
+            options.set_transport(rumqttc::Transport::tls_with_config(config));
+        }
         if let Some(user) = &args.username {
             let password = match &args.password_file {
                 Some(f) => std::fs::read_to_string(f)

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Broker, mqtt://host:port.
+    /// Broker, mqtt://host:port or mqtts://host:port (TLS).
     #[arg(
         long,
         env = "CAMFLEET_MQTT_URL",
@@ -24,6 +24,9 @@ struct Cli {
     /// File holding the MQTT password (first line).
     #[arg(long, env = "CAMFLEET_MQTT_PASSWORD_FILE", global = true)]
     password_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the broker, for mqtts:// URLs.
+    #[arg(long, env = "CAMFLEET_MQTT_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -132,6 +135,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         prefix: cli.prefix,
         username: cli.username,
         password_file: cli.password_file,
+        ca_file: cli.ca_file,
     };
     let mut s = Session::connect(&broker).await?;
     let result = match &cli.command {

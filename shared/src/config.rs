@@ -156,6 +156,10 @@ pub struct MqttConfig {
     /// only desired configs signed by one of them are applied.
     #[serde(default)]
     pub trusted_public_keys: Vec<String>,
+    /// CA certificate (PEM) that signed the broker's certificate, for
+    /// `mqtts://` URLs; absent = the system's trusted CAs.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// MQTT username (Mosquitto password file); absent = anonymous.
     #[serde(default)]
     pub username: Option<String>,
@@ -180,12 +184,19 @@ const fn default_keep_alive_s() -> u64 {
 impl MqttConfig {
     /// (host, port) of `url`.
     pub fn host_port(&self) -> Result<(String, u16), ConfigError> {
-        let rest = self.url.strip_prefix("mqtt://").ok_or_else(|| {
-            invalid(
-                "mqtt.url",
-                format!("{:?}: only mqtt://host:port is supported", self.url),
-            )
-        })?;
+        let rest = self
+            .url
+            .strip_prefix("mqtt://")
+            .or_else(|| self.url.strip_prefix("mqtts://"))
+            .ok_or_else(|| {
+                invalid(
+                    "mqtt.url",
+                    format!(
+                        "{:?}: use mqtt://host:port or mqtts://host:port (TLS)",
+                        self.url
+                    ),
+                )
+            })?;
         let (host, port) = rest
             .trim_end_matches('/')
             .rsplit_once(':')
@@ -198,6 +209,11 @@ impl MqttConfig {
                 )
             })?;
         Ok((host.to_string(), port))
+    }
+
+    /// `mqtts://`: TLS to the broker.
+    pub fn uses_tls(&self) -> bool {
+        self.url.starts_with("mqtts://")
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -245,6 +261,9 @@ impl MqttConfig {
                 "mqtt.password_file",
                 "set password or password_file, not both",
             ));
+        }
+        if self.ca_file.is_some() && !self.uses_tls() {
+            return Err(invalid("mqtt.ca_file", "needs an mqtts:// url"));
         }
         if (self.password.is_some() || self.password_file.is_some()) && self.username.is_none() {
             return Err(invalid("mqtt.username", "required with a password"));

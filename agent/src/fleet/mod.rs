@@ -43,6 +43,11 @@ pub enum FleetError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("mqtt.ca_file {path}: {error}")]
+    CaFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// What telemetry reads besides the cameras' counters (spool, Kafka).
@@ -306,6 +311,19 @@ impl Fleet {
                 QoS::AtLeastOnce,
                 true,
             ));
+        if cfg.uses_tls() {
+            let tls = match &cfg.ca_file {
+                Some(path) => rumqttc::TlsConfiguration::SimpleNative {
+                    ca: std::fs::read(path).map_err(|error| FleetError::CaFile {
+                        path: path.clone(),
+                        error,
+                    })?,
+                    client_auth: None,
+                },
+                None => rumqttc::TlsConfiguration::Native,
+            };
+            options.set_transport(rumqttc::Transport::tls_with_config(tls));
+        }
         if let Some(user) = &cfg.username {
             let password = match (&cfg.password, &cfg.password_file) {
                 (Some(p), _) => p.expose().to_string(),
