@@ -400,8 +400,8 @@ async fn apply<S: FrameSink>(
     Ok(summary.join("; "))
 }
 
-/// The spool's part of telemetry: disk bytes, frames bytes, free bytes and
-/// the oldest unsent frame's age across cameras.
+/// The spool's part of telemetry: disk bytes, frames bytes, free bytes,
+/// frames evicted since start and the oldest unsent frame's age across cameras.
 fn spool_summary(status: &serde_json::Value) -> serde_json::Value {
     let oldest = status["cameras"]
         .as_array()
@@ -409,7 +409,15 @@ fn spool_summary(status: &serde_json::Value) -> serde_json::Value {
         .flatten()
         .filter_map(|c| c["oldest_age_s"].as_f64())
         .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
+    // Whole GOPs evicted since the agent started (budget, age or disk floor).
+    let evicted: u64 = status["cameras"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["frames_evicted_since_start"].as_u64())
+        .sum();
     serde_json::json!({
+        "frames_evicted_total": evicted,
         "disk_bytes": status["disk_bytes"],
         "frames_bytes": status["live_bytes"],
         "free_bytes": status["free_bytes"],

@@ -111,6 +111,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             check_spool(&cfg)?;
             check_kafka_security(&cfg)?;
+            if let Some(mqtt) = &cfg.mqtt {
+                camfleet_agent::fleet::check_files(mqtt)?;
+            }
             if check_kafka {
                 let sink = KafkaSink::new(&cfg.kafka)?;
                 let partitions = sink.check_topic(std::time::Duration::from_secs(10))?;

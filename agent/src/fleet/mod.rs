@@ -290,6 +290,23 @@ impl Link {
     }
 }
 
+/// For `camfleet-agent validate`: the files `[mqtt]` names are readable.
+pub fn check_files(cfg: &MqttConfig) -> Result<(), FleetError> {
+    if let Some(f) = &cfg.password_file {
+        std::fs::read(f).map_err(|error| FleetError::PasswordFile {
+            path: f.clone(),
+            error,
+        })?;
+    }
+    if let Some(f) = &cfg.ca_file {
+        std::fs::read(f).map_err(|error| FleetError::CaFile {
+            path: f.clone(),
+            error,
+        })?;
+    }
+    Ok(())
+}
+
 impl Fleet {
     /// Connects (in the background), publishes status and telemetry, and
     /// applies desired documents through `deps.apply`.
