@@ -219,6 +219,11 @@ impl Camera {
         self.stop.clone()
     }
 
+    /// The pipeline has ended (its source ended or it was stopped).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     pub async fn join(self) -> CameraEnd {
         self.task.await.expect("camera supervisor panicked")
     }

@@ -1,6 +1,7 @@
 use anyhow::Context;
 use camfleet_agent::app;
 use camfleet_agent::sink::kafka::KafkaSink;
+use camfleet_agent::sink::switch::SwitchSink;
 use camfleet_agent::spool::{self, control, SpoolSink};
 use camfleet_shared::clock::SystemClock;
 use camfleet_shared::config::AgentConfig;
@@ -110,6 +111,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             check_spool(&cfg)?;
             check_kafka_security(&cfg)?;
+            if let Some(mqtt) = &cfg.mqtt {
+                camfleet_agent::fleet::check_files(mqtt)?;
+            }
             if check_kafka {
                 let sink = KafkaSink::new(&cfg.kafka)?;
                 let partitions = sink.check_topic(std::time::Duration::from_secs(10))?;
@@ -135,7 +139,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { config } => {
-            let cfg = load(&config)?;
+            let local_toml = std::fs::read_to_string(&config)
+                .with_context(|| format!("cannot read config {}", config.display()))?;
+            let local = AgentConfig::from_toml(&local_toml)
+                .with_context(|| format!("invalid config {}", config.display()))?;
+            // The last config applied from the fleet, when there is one.
+            let (cfg, applied, source) = camfleet_agent::fleet::applied::boot(&local_toml, local);
             if !cfg.http.listen.is_empty() {
                 let addr: std::net::SocketAddr = cfg.http.listen.parse()?;
                 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -157,13 +166,22 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 spool::describe_metrics();
                 camfleet_agent::stats::describe_metrics();
             }
-            let kafka = Arc::new(KafkaSink::new(&cfg.kafka)?);
+            let kafka = Arc::new(SwitchSink::new(KafkaSink::new(&cfg.kafka)?));
             let dir = cfg.spool.dir(&cfg.data_dir);
-            let sink = SpoolSink::open(&cfg.spool, &dir, kafka, Arc::new(SystemClock))
+            let sink = SpoolSink::open(&cfg.spool, &dir, kafka.clone(), Arc::new(SystemClock))
                 .with_context(|| format!("spool {}", dir.display()))?;
             control::serve(sink.clone())
                 .with_context(|| format!("control socket in {}", dir.display()))?;
-            let reports = app::run(cfg, sink, shutdown_signal()).await;
+            let live = app::live_kafka(local_toml, applied, source, kafka);
+            let reports = app::run_live(
+                cfg,
+                sink,
+                Arc::new(SystemClock),
+                Arc::new(camfleet_agent::camera::SystemSources),
+                Some(live),
+                shutdown_signal(),
+            )
+            .await;
             for r in &reports {
                 println!("{}", r.to_json());
             }

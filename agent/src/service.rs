@@ -19,7 +19,6 @@
 
 use sd_notify::NotifyState;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often readiness is checked before `READY=1`.
@@ -98,9 +97,10 @@ pub fn stopping() {
     ]);
 }
 
-/// Sends `READY=1` and the watchdog pings for these cameras until dropped
-/// (abort the task). The watchdog period comes from `WATCHDOG_USEC`.
-pub async fn notify_loop(cameras: Vec<(String, Arc<crate::stats::CameraStats>)>) {
+/// Sends `READY=1` and the watchdog pings for the running cameras until
+/// dropped (abort the task). The watchdog period comes from `WATCHDOG_USEC`.
+/// The registry is read at every check: fleet configs add and remove cameras.
+pub async fn notify_loop(registry: crate::fleet::CameraRegistry) {
     let half = sd_notify::watchdog_enabled().map(|w| w / 2);
     let mut ready = false;
     let mut shown = String::new();
@@ -117,6 +117,7 @@ pub async fn notify_loop(cameras: Vec<(String, Arc<crate::stats::CameraStats>)>)
         }
         tokio::select! {
             _ = ready_poll.tick(), if !ready => {
+                let cameras = registry.lock().expect("camera registry").clone();
                 let waiting: Vec<&str> = cameras
                     .iter()
                     .filter(|(_, s)| s.pulse.frames() == 0)
@@ -137,6 +138,7 @@ pub async fn notify_loop(cameras: Vec<(String, Arc<crate::stats::CameraStats>)>)
             }
             _ = watchdog.tick(), if half.is_some() => {
                 let limit = half.expect("watchdog enabled");
+                let cameras = registry.lock().expect("camera registry").clone();
                 let stalled: Vec<&str> = cameras
                     .iter()
                     .filter(|(_, s)| s.pulse.stalled(limit))

@@ -10,6 +10,7 @@ mod cameras;
 mod convert;
 mod detect;
 mod encode;
+mod fleet;
 mod inference;
 mod kafka;
 mod latency;
@@ -38,6 +39,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Section {
+    /// Fleet over MQTT: `camfleet set` -> applied for 1 and N agents vs an echo peer; telemetry bytes per hour.
+    Fleet {
+        /// Agent counts (simulated in-process with the agent's fleet link).
+        #[arg(long, value_delimiter = ',', default_value = "1,200")]
+        agents: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Seconds of telemetry counted per agent run.
+        #[arg(long, default_value_t = 10)]
+        telemetry_seconds: u64,
+        /// The `camfleet` binary (default: next to this one).
+        #[arg(long)]
+        camfleet: Option<PathBuf>,
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
     /// Encoder CPU cost (fps per core) and PSNR: agent pipeline, bare openh264, ffmpeg libx264.
     Encode {
         /// A Y4M clip (repeat for several).
@@ -214,6 +231,27 @@ async fn main() -> anyhow::Result<()> {
     let work = std::path::absolute(&cli.work_dir)?;
     let results = cli.results.as_deref();
     match cli.section {
+        Section::Fleet {
+            agents,
+            rounds,
+            telemetry_seconds,
+            camfleet,
+            agent,
+        } => {
+            let kafka = kafka::Kafka::from_env()?;
+            let args = fleet::Args {
+                agents,
+                rounds: rounds.max(1),
+                telemetry_seconds: telemetry_seconds.max(2),
+                camfleet: match camfleet {
+                    Some(c) => c,
+                    None => std::env::current_exe()?.with_file_name("camfleet"),
+                },
+                agent: default_agent(agent)?,
+                work,
+            };
+            fleet::run(&kafka, args, results).await
+        }
         Section::Encode {
             clips,
             frames,

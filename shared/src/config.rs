@@ -148,6 +148,27 @@ pub struct MqttConfig {
     /// 1.5 keep-alives after the agent is gone.
     #[serde(default = "default_keep_alive_s")]
     pub keep_alive_s: u64,
+    /// The site this agent belongs to: it also applies the retained desired
+    /// config of `<prefix>/sites/<site>/desired`. Absent = agent document only.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Trusted ed25519 public keys (base64 of 32 bytes). When any is listed,
+    /// only desired configs signed by one of them are applied.
+    #[serde(default)]
+    pub trusted_public_keys: Vec<String>,
+    /// CA certificate (PEM) that signed the broker's certificate, for
+    /// `mqtts://` URLs; absent = the system's trusted CAs.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// MQTT username (Mosquitto password file); absent = anonymous.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// MQTT password; prefer `password_file`.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// File holding the MQTT password (first line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 fn default_mqtt_topic_prefix() -> String {
@@ -163,12 +184,19 @@ const fn default_keep_alive_s() -> u64 {
 impl MqttConfig {
     /// (host, port) of `url`.
     pub fn host_port(&self) -> Result<(String, u16), ConfigError> {
-        let rest = self.url.strip_prefix("mqtt://").ok_or_else(|| {
-            invalid(
-                "mqtt.url",
-                format!("{:?}: only mqtt://host:port is supported", self.url),
-            )
-        })?;
+        let rest = self
+            .url
+            .strip_prefix("mqtt://")
+            .or_else(|| self.url.strip_prefix("mqtts://"))
+            .ok_or_else(|| {
+                invalid(
+                    "mqtt.url",
+                    format!(
+                        "{:?}: use mqtt://host:port or mqtts://host:port (TLS)",
+                        self.url
+                    ),
+                )
+            })?;
         let (host, port) = rest
             .trim_end_matches('/')
             .rsplit_once(':')
@@ -181,6 +209,11 @@ impl MqttConfig {
                 )
             })?;
         Ok((host.to_string(), port))
+    }
+
+    /// `mqtts://`: TLS to the broker.
+    pub fn uses_tls(&self) -> bool {
+        self.url.starts_with("mqtts://")
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -210,6 +243,30 @@ impl MqttConfig {
         }
         if !(5..=600).contains(&self.keep_alive_s) {
             return Err(invalid("mqtt.keep_alive_s", "must be 5..=600"));
+        }
+        if let Some(site) = &self.site {
+            if !level_ok(site) {
+                return Err(invalid(
+                    "mqtt.site",
+                    format!("{site:?}: use letters, digits, '.', '_' or '-'"),
+                ));
+            }
+        }
+        for (i, k) in self.trusted_public_keys.iter().enumerate() {
+            crate::fleet::parse_public_key(k)
+                .map_err(|e| invalid(format!("mqtt.trusted_public_keys[{i}]"), e))?;
+        }
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err(invalid(
+                "mqtt.password_file",
+                "set password or password_file, not both",
+            ));
+        }
+        if self.ca_file.is_some() && !self.uses_tls() {
+            return Err(invalid("mqtt.ca_file", "needs an mqtts:// url"));
+        }
+        if (self.password.is_some() || self.password_file.is_some()) && self.username.is_none() {
+            return Err(invalid("mqtt.username", "required with a password"));
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! camfleet's shared vocabulary: the Kafka video record format ([`wire`]), the
-//! typed and validated configuration of both binaries ([`config`]) and the
+//! typed and validated configuration of both binaries ([`config`]), the fleet's
+//! desired-config documents ([`fleet`]) and the
 //! [`clock`] seam.
 //!
 //! Architecture Invariant: this crate does no I/O. It parses and produces bytes
@@ -8,6 +9,7 @@
 pub mod camera;
 pub mod clock;
 pub mod config;
+pub mod fleet;
 pub mod wire;
 
 pub use camera::CameraId;

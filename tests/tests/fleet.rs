@@ -118,6 +118,12 @@ encoder = {{ bitrate_kbps = 500, keyframe_interval_frames = 30 }}
             assert!(cam["bitrate_kbps"].as_f64().unwrap() > 0.0, "{t}");
         }
         assert!(t["spool"]["free_bytes"].as_u64().unwrap() > 0, "{t}");
+        assert_eq!(t["spool"]["frames_evicted_total"], 0, "{t}");
+        assert_eq!(t["kafka"]["state"], "ok", "{t}");
+        assert!(
+            t["time_us"].as_u64().unwrap() > 0 && t["uptime_s"].is_u64(),
+            "{t}"
+        );
     }
     assert_eq!(
         retained_status(&format!("{base}/status"))["state"],

@@ -284,6 +284,17 @@ impl KafkaSink {
         })
     }
 
+    /// For telemetry: `{"state":"ok"}`, or the problem librdkafka reported
+    /// since the last acknowledged frame (`{"state":"authentication",...}`).
+    pub fn connection_state(&self) -> serde_json::Value {
+        match self.context.last_problem() {
+            None => serde_json::json!({"state": "ok"}),
+            Some((kind, message)) => {
+                serde_json::json!({"state": kind.as_str(), "message": message})
+            }
+        }
+    }
+
     /// Checks the broker answers and the topic exists (for `validate`). A
     /// failure names the connection problem librdkafka reported meanwhile
     /// (authentication, TLS, protocol mismatch), not just "transport failure".

@@ -3,6 +3,7 @@
 //! acknowledged by Kafka or durable in the spool.
 
 pub mod kafka;
+pub mod switch;
 
 use camfleet_shared::wire::FrameMeta;
 use std::future::Future;

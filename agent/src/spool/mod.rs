@@ -193,7 +193,8 @@ struct Budget {
 struct Shared<S: FrameSink> {
     inner: Arc<S>,
     store: Arc<dyn SpoolStore>,
-    cfg: SpoolConfig,
+    /// Replaced whole when the fleet changes the budget (`set_limits`).
+    cfg: RwLock<Arc<SpoolConfig>>,
     dir: PathBuf,
     clock: Arc<dyn Clock>,
     lanes: Mutex<HashMap<CameraId, Arc<Lane>>>,
@@ -245,7 +246,7 @@ impl<S: FrameSink> SpoolSink<S> {
                 measured_at: Instant::now(),
             }),
             store,
-            cfg: cfg.clone(),
+            cfg: RwLock::new(Arc::new(cfg.clone())),
             dir: dir.to_path_buf(),
             clock,
             lanes: Mutex::new(HashMap::new()),
@@ -296,7 +297,7 @@ impl<S: FrameSink> SpoolSink<S> {
             return l.clone();
         }
         let (direct_tx, direct_rx) = mpsc::unbounded_channel();
-        let route = match self.shared.cfg.mode {
+        let route = match self.shared.cfg().mode {
             SpoolMode::Always => Route::Spool,
             SpoolMode::Outage => Route::Direct,
         };
@@ -395,6 +396,19 @@ impl<S: FrameSink> SpoolSink<S> {
 
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// Applies a new budget (`max_bytes`, `max_age_s`, `min_free_bytes`)
+    /// live; the keeper enforces it on its next round. The other spool
+    /// settings are fixed for the life of the process (the fleet link
+    /// rejects changes to them).
+    pub fn set_limits(&self, cfg: &SpoolConfig) {
+        let mut current = (*self.shared.cfg()).clone();
+        current.max_bytes = cfg.max_bytes;
+        current.max_age_s = cfg.max_age_s;
+        current.min_free_bytes = cfg.min_free_bytes;
+        *self.shared.cfg.write().expect("spool cfg") = Arc::new(current);
+        self.shared.dirty.notify_one();
     }
 }
 
@@ -559,6 +573,10 @@ pub fn status_json(
 }
 
 impl<S: FrameSink> Shared<S> {
+    fn cfg(&self) -> Arc<SpoolConfig> {
+        self.cfg.read().expect("spool cfg").clone()
+    }
+
     fn now_us(&self) -> u64 {
         self.clock.now_us()
     }
@@ -652,7 +670,7 @@ impl<S: FrameSink> Shared<S> {
     /// Re-measures the files and free space and moves the live limit.
     fn remeasure(&self, disk: u64, free: u64) {
         let live = self.live_bytes();
-        let (max, floor) = (self.cfg.max_bytes, self.cfg.min_free_bytes);
+        let (max, floor) = (self.cfg().max_bytes, self.cfg().min_free_bytes);
         let mut b = self.budget.lock().expect("budget");
         let (grew, falling) = (disk > b.disk, free < b.free);
         let mut limit = b.live_limit;
@@ -672,10 +690,10 @@ impl<S: FrameSink> Shared<S> {
             limit = limit.min(live * 4 / 5);
             b.reason = GapReason::DiskFloor;
         }
-        let normal = normal_live_limit(&self.cfg, disk, free);
+        let normal = normal_live_limit(&self.cfg(), disk, free);
         if normal < limit {
             limit = normal;
-            b.reason = limit_reason(&self.cfg, disk, free);
+            b.reason = limit_reason(&self.cfg(), disk, free);
         }
         b.live_limit = limit.max(1 << 20);
         tracing::debug!(disk, free, live, live_limit = b.live_limit, "spool budget");
@@ -800,7 +818,7 @@ impl<S: FrameSink> FrameSink for SpoolSink<S> {
             if st.route == Route::Direct {
                 let now = Instant::now();
                 let too_old = st.direct.front().is_some_and(|d| {
-                    now - d.sent_at > Duration::from_millis(sh.cfg.switch_after_ms)
+                    now - d.sent_at > Duration::from_millis(sh.cfg().switch_after_ms)
                 });
                 if too_old {
                     sh.switch_to_spool(
@@ -808,7 +826,7 @@ impl<S: FrameSink> FrameSink for SpoolSink<S> {
                         &mut st,
                         "a frame waited longer than switch_after_ms",
                     );
-                } else if st.direct_bytes + payload.len() as u64 > sh.cfg.max_in_flight_bytes {
+                } else if st.direct_bytes + payload.len() as u64 > sh.cfg().max_in_flight_bytes {
                     sh.switch_to_spool(
                         &lane,
                         &mut st,
@@ -949,7 +967,7 @@ impl<S: FrameSink> FrameSink for SpoolSink<S> {
 /// Group commit: fsync at most every `flush_every_ms`, then publish the
 /// durable generation.
 async fn flusher<S: FrameSink>(sh: Arc<Shared<S>>) {
-    let every = Duration::from_millis(sh.cfg.flush_every_ms());
+    let every = Duration::from_millis(sh.cfg().flush_every_ms());
     let mut last = Instant::now() - every;
     loop {
         sh.dirty.notified().await;
@@ -993,7 +1011,7 @@ async fn keeper<S: FrameSink>(sh: Arc<Shared<S>>) {
             // garbage near the budget, rewrite the live records (a pause of
             // the store proportional to the live data).
             let live = sh.live_bytes();
-            if disk > sh.cfg.max_bytes / 10 * 9 && disk > 3 * live + (16 << 20) {
+            if disk > sh.cfg().max_bytes / 10 * 9 && disk > 3 * live + (16 << 20) {
                 let store = sh.store.clone();
                 match tokio::task::spawn_blocking(move || store.reclaim()).await {
                     Ok(Ok((before, after))) => {
@@ -1013,7 +1031,7 @@ async fn keeper<S: FrameSink>(sh: Arc<Shared<S>>) {
             metrics::gauge!("camfleet_agent_spool_free_bytes").set(free as f64);
         }
         // Age first, then size and the disk floor.
-        let max_age_us = sh.cfg.max_age_s * 1_000_000;
+        let max_age_us = sh.cfg().max_age_s * 1_000_000;
         let limit = sh.now_us().saturating_sub(max_age_us);
         while sh.evict_oldest(GapReason::Age, Some(limit)).is_some() {}
         sh.make_room(0);
@@ -1021,7 +1039,7 @@ async fn keeper<S: FrameSink>(sh: Arc<Shared<S>>) {
         let lanes = sh.lanes();
         let now_us = sh.now_us();
         let mut oldest = None::<u64>;
-        let switch_after = Duration::from_millis(sh.cfg.switch_after_ms);
+        let switch_after = Duration::from_millis(sh.cfg().switch_after_ms);
         for lane in lanes {
             let mut st = lane.state.lock().expect("lane");
             if let Some(t) = st.ledger.oldest_capture_us() {
@@ -1204,7 +1222,7 @@ fn maybe_direct<S: FrameSink>(sh: &Shared<S>, lane: &Lane, st: &mut LaneState) {
     let idle = st.ledger.is_empty() && st.direct.is_empty();
     if idle
         && st.route == Route::Spool
-        && sh.cfg.mode == SpoolMode::Outage
+        && sh.cfg().mode == SpoolMode::Outage
         && !sh.closing.load(Relaxed)
     {
         st.route = Route::Direct;
