@@ -15,7 +15,9 @@
 //! names. Archive writes are awaited in line: a slow archive slows
 //! consumption (Kafka holds the backlog) instead of growing memory.
 
-use crate::archive::{mpegts, segment_path, Archive, ArchiveError};
+use crate::archive::catalog::{self, CatalogError};
+use crate::archive::index::{GapReason, GapRow};
+use crate::archive::{mpegts, retention, segment_path, Archive};
 use crate::consume::{self, RebalanceLog};
 use crate::continuity::{self, Continuity, Verdict};
 use crate::fanout::{FanOut, Frame, Processor};
@@ -62,8 +64,14 @@ pub struct Collector<A: Archive> {
     /// Closed segments whose write was interrupted by shutdown; `drain` makes
     /// one last attempt, and until then they hold back the commit.
     pending: Vec<Segment>,
+    /// Gaps seen but not yet in the index: (partition, first sequence number
+    /// after the gap, row). They go into the index with the segment that
+    /// starts after the gap (a gap always starts a segment).
+    gaps_pending: Vec<(i32, u64, GapRow)>,
     /// Last commit sent per partition (offset, metadata), to skip no-op commits.
     committed: HashMap<i32, (i64, String)>,
+    /// When retention last ran (it runs every `archive.retention.interval_s`).
+    last_retention: Instant,
     /// The processors' safe offsets taken as they stopped (shutdown only).
     frozen_processor_safe: Option<HashMap<i32, Option<i64>>>,
     stats: Arc<Stats>,
@@ -116,7 +124,9 @@ impl<A: Archive> Collector<A> {
             consumed: BTreeMap::new(),
             loaded: HashSet::new(),
             pending: Vec::new(),
+            gaps_pending: Vec::new(),
             committed: HashMap::new(),
+            last_retention: Instant::now(),
             frozen_processor_safe: None,
             stats,
             fanout: FanOut::start(processors, PROCESSOR_QUEUE_FRAMES),
@@ -151,6 +161,7 @@ impl<A: Archive> Collector<A> {
                         let _ = self.snapshot(&camera).await;
                     }
                     self.commit(CommitMode::Async);
+                    self.retention_if_due().await;
                 }
             }
         }
@@ -216,6 +227,7 @@ impl<A: Archive> Collector<A> {
                 self.reassembler.discard(&c);
             }
             self.pending.retain(|seg| seg.first().partition != p);
+            self.gaps_pending.retain(|(pp, _, _)| *pp != p);
             self.fanout.revoke(p);
             self.consumed.remove(&p);
             self.loaded.remove(&p);
@@ -325,6 +337,9 @@ impl<A: Archive> Collector<A> {
                         };
                         let evicted_at_edge = (!split.evicted.is_empty())
                             .then(|| wire::format_evicted(&split.evicted));
+                        for row in gap_rows(&meta, missing, &split.evicted) {
+                            self.gaps_pending.push((p, meta.seq, row));
+                        }
                         tracing::warn!(
                             camera = %meta.camera,
                             seq = meta.seq,
@@ -487,9 +502,10 @@ impl<A: Archive> Collector<A> {
         }
     }
 
-    /// Writes an open segment as it stands (a snapshot under its final name).
+    /// Writes an open segment as it stands (a snapshot under its final name)
+    /// and its index row (marked incomplete).
     /// Its frames become durable but stay uncommitted until it closes.
-    async fn snapshot(&mut self, camera: &CameraId) -> Result<(), ArchiveError> {
+    async fn snapshot(&mut self, camera: &CameraId) -> Result<(), CatalogError> {
         let Some(frames) = self.segmenter.open_frames(camera) else {
             return Ok(());
         };
@@ -497,7 +513,16 @@ impl<A: Archive> Collector<A> {
         let (count, first_seq) = (frames.len(), frames[0].meta.seq);
         let last_seq = frames[count - 1].meta.seq;
         let len = ts.len();
-        if let Err(e) = self.archive.put(&path, Bytes::from(ts)).await {
+        let row = catalog::segment_row(camera, frames, &path, len, false);
+        let gaps = self.gaps_before(camera, first_seq);
+        let written = match self.archive.put(&path, Bytes::from(ts)).await {
+            Ok(()) => catalog::record_segment(&self.archive, row, &gaps).await,
+            Err(e) => Err(e.into()),
+        };
+        if written.is_ok() {
+            self.stats.index_writes(1);
+        }
+        if let Err(e) = written {
             self.stats.archive_retries(1);
             tracing::warn!(%camera, error = %e, "snapshot of an open segment failed");
             return Err(e);
@@ -518,12 +543,27 @@ impl<A: Archive> Collector<A> {
         Ok(())
     }
 
-    /// Writes a closed segment (replacing its snapshot, if any).
-    async fn write(&self, seg: &Segment) -> Result<(), ArchiveError> {
+    /// Gaps waiting for the segment that starts at `first_seq`.
+    fn gaps_before(&self, camera: &CameraId, first_seq: u64) -> Vec<GapRow> {
+        let camera = camera.as_str();
+        self.gaps_pending
+            .iter()
+            .filter(|(_, next, row)| *next == first_seq && row.camera == camera)
+            .map(|(_, _, row)| row.clone())
+            .collect()
+    }
+
+    /// Writes a closed segment (replacing its snapshot, if any), then its
+    /// index row: only then may the watermark and commit pass it.
+    async fn write(&self, seg: &Segment) -> Result<(), CatalogError> {
         let frames = &seg.frames;
         let (ts, path) = mux(&seg.camera, frames);
         let len = ts.len();
+        let row = catalog::segment_row(&seg.camera, frames, &path, len, true);
+        let gaps = self.gaps_before(&seg.camera, frames[0].meta.seq);
         self.archive.put(&path, Bytes::from(ts)).await?;
+        catalog::record_segment(&self.archive, row, &gaps).await?;
+        self.stats.index_writes(1);
         tracing::info!(
             location = %self.archive.location(&path),
             frames = frames.len(),
@@ -540,10 +580,66 @@ impl<A: Archive> Collector<A> {
 
     fn mark_archived(&mut self, seg: &Segment) {
         self.continuity.archived(&seg.camera, seg.last().meta.seq);
+        let (camera, first) = (seg.camera.as_str(), seg.first().meta.seq);
+        self.gaps_pending
+            .retain(|(_, next, row)| !(row.camera == camera && *next <= first));
         self.stats.segments_written(1);
         // Frames an earlier snapshot wrote were counted then.
         self.stats
             .frames_archived((seg.frames.len() - seg.snapshotted) as u64);
+    }
+
+    /// Applies the retention limits every `interval_s`, in this loop so that
+    /// no index rewrite of the write path interleaves with retention's.
+    /// Failures are logged and retried at the next interval.
+    async fn retention_if_due(&mut self) {
+        let limits = &self.config.archive.retention;
+        if limits.interval_s == 0
+            || !limits.is_set()
+            || self.last_retention.elapsed() < Duration::from_secs(limits.interval_s)
+        {
+            return;
+        }
+        self.last_retention = Instant::now();
+        let topic = &self.config.kafka.connection.topic;
+        let committed = match tokio::task::block_in_place(|| {
+            consume::committed_watermarks(&self.consumer, topic, Duration::from_secs(10))
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "retention skipped: cannot read committed watermarks");
+                return;
+            }
+        };
+        let started = Instant::now();
+        let result = async {
+            let cameras = catalog::cameras(&self.archive).await?;
+            let held = retention::inventory(&self.archive, &cameras).await?;
+            let now_us = chrono::Utc::now().timestamp_micros();
+            let plan = retention::plan(held, limits, now_us, &committed);
+            let done = retention::apply(&self.archive, &plan).await?;
+            Ok::<_, CatalogError>((plan, done))
+        }
+        .await;
+        match result {
+            Ok((plan, done)) => {
+                for ((camera, reason), (segments, bytes)) in retention::summarize(&plan) {
+                    tracing::info!(%camera, ?reason, segments, bytes, "retention deleted segments");
+                }
+                self.stats.retention_segments_deleted(done.segments);
+                self.stats.retention_bytes_deleted(done.bytes);
+                tracing::debug!(
+                    segments = done.segments,
+                    bytes = done.bytes,
+                    leftovers = done.leftovers,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "retention pass"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention pass failed; retried at the next interval")
+            }
+        }
     }
 
     /// Commits every partition whose safe offset or watermarks changed.
@@ -608,6 +704,34 @@ impl<A: Archive> Collector<A> {
             Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
         }
     }
+}
+
+/// The index rows of the gap of `missing` numbers before frame `meta`: the
+/// parts the agent reported evicted, and the rest as unknown.
+fn gap_rows(meta: &FrameMeta, missing: u64, evicted: &[RangeInclusive<u64>]) -> Vec<GapRow> {
+    let missing = missing.min(meta.seq);
+    let (lo, hi) = (meta.seq - missing, meta.seq - 1);
+    let row = |a: u64, b: u64, reason| GapRow {
+        camera: meta.camera.to_string(),
+        first_missing_seq: a,
+        last_missing_seq: b,
+        reason,
+        next_capture_us: meta.capture_us as i64,
+    };
+    let mut out = Vec::new();
+    let mut next = lo;
+    for r in evicted {
+        // `split_gap` returns sorted, disjoint ranges inside [lo, hi].
+        if *r.start() > next {
+            out.push(row(next, r.start() - 1, GapReason::Unknown));
+        }
+        out.push(row(*r.start(), *r.end(), GapReason::EvictedAtEdge));
+        next = r.end() + 1;
+    }
+    if next <= hi {
+        out.push(row(next, hi, GapReason::Unknown));
+    }
+    out
 }
 
 /// MPEG-TS bytes and archive path of a run of one camera's frames (non-empty).
