@@ -320,16 +320,24 @@ mod tests {
         record_segment(&a, row("s/c", "2025/01/02/03", 0, 10), &[])
             .await
             .unwrap();
-        record_segment(&a, row("s/c", "2025/01/02/03", 20, 10), &[gap.clone()])
-            .await
-            .unwrap();
+        record_segment(
+            &a,
+            row("s/c", "2025/01/02/03", 20, 10),
+            std::slice::from_ref(&gap),
+        )
+        .await
+        .unwrap();
         // The replay of both.
         record_segment(&a, row("s/c", "2025/01/02/03", 0, 10), &[])
             .await
             .unwrap();
-        record_segment(&a, row("s/c", "2025/01/02/03", 20, 10), &[gap.clone()])
-            .await
-            .unwrap();
+        record_segment(
+            &a,
+            row("s/c", "2025/01/02/03", 20, 10),
+            std::slice::from_ref(&gap),
+        )
+        .await
+        .unwrap();
         let idx = load_hour(&a, "s/c/2025/01/02/03").await.unwrap();
         assert_eq!(idx.segments.keys().copied().collect::<Vec<_>>(), [0, 20]);
         assert_eq!(idx.gaps.values().cloned().collect::<Vec<_>>(), [gap]);

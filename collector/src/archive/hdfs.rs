@@ -135,7 +135,7 @@ impl Archive for HdfsArchive {
             .into_iter()
             .filter_map(|s| {
                 let name = s.path.rsplit('/').next().unwrap_or_default().to_string();
-                (!name.is_empty() && !name.starts_with('.')).then(|| DirEntry {
+                (!name.is_empty() && !name.starts_with('.')).then_some(DirEntry {
                     name,
                     is_dir: s.isdir,
                     len: if s.isdir { 0 } else { s.length as u64 },

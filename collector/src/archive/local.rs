@@ -182,7 +182,7 @@ mod tests {
             .map(|e| (e.name, e.len))
             .collect();
         assert_eq!(names, [("a.ts".to_string(), 1), ("b.ts".to_string(), 2)]);
-        assert_eq!(a.list("s").await.unwrap()[0].is_dir, true);
+        assert!(a.list("s").await.unwrap()[0].is_dir);
         assert_eq!(a.get("s/c/b.ts").await.unwrap().unwrap(), &b"bb"[..]);
         assert!(a.delete("s/c/b.ts").await.unwrap());
         assert!(!a.delete("s/c/b.ts").await.unwrap());

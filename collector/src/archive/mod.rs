@@ -22,6 +22,7 @@
 //! overwrites.
 
 pub mod catalog;
+pub mod cli;
 pub mod hdfs;
 pub mod index;
 pub mod local;

@@ -119,7 +119,7 @@ pub enum DemuxError {
 /// read path of `archive export`). Not a general demuxer: one H.264 PID,
 /// one PES per frame, PTS only, as documented above.
 pub fn demux_segment(ts: &[u8]) -> Result<Vec<DemuxedFrame>, DemuxError> {
-    if ts.len() % PACKET_LEN != 0 {
+    if !ts.len().is_multiple_of(PACKET_LEN) {
         return Err(DemuxError::Length(ts.len()));
     }
     let mut frames: Vec<DemuxedFrame> = Vec::new();

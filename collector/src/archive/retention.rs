@@ -429,7 +429,7 @@ mod tests {
         .await
         .unwrap();
         let cam = CameraId::new("s/a").unwrap();
-        let inv = inventory(&a, &[cam.clone()]).await.unwrap();
+        let inv = inventory(&a, std::slice::from_ref(&cam)).await.unwrap();
         let limits = RetentionConfig {
             max_bytes: 3,
             ..Default::default()
