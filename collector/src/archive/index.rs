@@ -264,6 +264,17 @@ pub fn encode_gaps(rows: &BTreeMap<u64, GapRow>) -> Vec<u8> {
 }
 
 fn write_table(schema: SchemaRef, columns: Vec<ArrayRef>, table: &str) -> Vec<u8> {
+    // In the Arrow schema too: readers going through Arrow (pyarrow, Spark's
+    // vectorised reader) show the schema's metadata, not the footer's.
+    let schema = Arc::new(Schema::new_with_metadata(
+        schema.fields().clone(),
+        [
+            (VERSION_KEY.to_string(), INDEX_VERSION.to_string()),
+            (TABLE_KEY.to_string(), table.to_string()),
+        ]
+        .into_iter()
+        .collect::<std::collections::HashMap<String, String>>(),
+    ));
     let batch = RecordBatch::try_new(schema.clone(), columns)
         .expect("columns are built from the schema above");
     let props = WriterProperties::builder()
