@@ -174,7 +174,7 @@ fn config_file(run: &Scenario, name: &str, root: &str, retention: &str) -> PathB
 }
 
 #[test]
-fn the_index_lists_every_segment_and_spark_counts_the_frames_per_camera_and_hour() {
+fn archive_ops_index_lists_every_segment_and_spark_counts_frames_per_camera_and_hour() {
     let run = Scenario::new("index", 3);
     let n = 90;
     let root = run.dir.path().join("archive");
@@ -278,7 +278,7 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 #[test]
-fn retention_by_size_and_age_deletes_exactly_the_oldest_whole_segments() {
+fn archive_ops_retention_by_size_and_age_deletes_exactly_the_oldest_whole_segments() {
     let run = Scenario::new("retention", 3);
     let n = 150; // 5 s of video in 1 s segments
     let root = run.dir.path().join("archive");
@@ -427,7 +427,7 @@ fn assert_plays_smoothly(path: &Path) -> f64 {
 }
 
 #[test]
-fn export_trims_to_keyframes_and_plays_through_an_epoch_change() {
+fn archive_ops_export_trims_to_keyframes_and_plays_through_an_epoch_change() {
     let run = Scenario::new("export", 3);
     let root = run.dir.path().join("archive");
     let collector = run.collector("collector", root.to_str().unwrap());
@@ -541,4 +541,207 @@ fn export_trims_to_keyframes_and_plays_through_an_epoch_change() {
     );
     assert!(!ok && err.contains("no video of dock/cam between"), "{err}");
     assert!(!none.exists());
+}
+
+/// The HDFS path of `root` (`hdfs://host:port/base` -> `/base`).
+fn hdfs_base(root: &str) -> String {
+    let rest = root.strip_prefix("hdfs://").unwrap();
+    rest[rest.find('/').unwrap()..].to_string()
+}
+
+/// (path relative to `base`, bytes) of every segment file, by the Java FsShell.
+fn fsshell_segments(run: &Scenario, base: &str) -> BTreeSet<(String, u64)> {
+    run.services
+        .hdfs_shell(&["-ls", "-R", base])
+        .lines()
+        .filter(|l| l.ends_with(".ts") && !l.starts_with('d'))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let path = f[f.len() - 1];
+            let rel = path.strip_prefix(&format!("{base}/")).unwrap().to_string();
+            (rel, f[4].parse().unwrap())
+        })
+        .filter(|(rel, _)| !rel.rsplit('/').next().unwrap().starts_with('.'))
+        .collect()
+}
+
+fn services_var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: source .services/env"))
+}
+
+/// Stops the HDFS service (the MiniDFSCluster JVM: NameNode and DataNode).
+fn stop_hdfs() {
+    let pid_file = Path::new(&services_var("CAMFLEET_SERVICES_DIR")).join("run/hdfs.pid");
+    let pid = std::fs::read_to_string(pid_file).unwrap();
+    let pid = pid.trim();
+    assert!(Command::new("kill").arg(pid).status().unwrap().success());
+    wait_until(Duration::from_secs(30), "HDFS stopped", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+}
+
+/// Starts what is missing of the services again (HDFS keeps its data).
+fn start_hdfs() {
+    let nodes = services_var("KAFKA_NODES");
+    let out = Command::new(services_var("CAMFLEET_SERVICES"))
+        .args(["up", "--kafka-nodes", &nodes])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/services up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn archive_ops_on_hdfs_index_matches_fsshell_survives_a_30_s_outage_and_prunes() {
+    let run = Scenario::new("hdfs-index", 3);
+    let n = 450; // 15 s of live video
+    let root = format!("{}/camfleet-test/{}", run.services.hdfs, run.topic);
+    let base = hdfs_base(&root);
+    let collector = run.collector("collector", &root);
+    let agent = run.agent(&pattern("quay/crane", n, true), "");
+    collector.wait_log(Duration::from_secs(30), "first segments", |log| {
+        log.matches("segment archived").count() >= 3
+    });
+    stop_hdfs();
+    let at_stop = collector.log_text().matches("segment archived").count();
+    // The camera finishes its 15 s while HDFS is away; Kafka holds the video.
+    agent.wait_success(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(30));
+    let before_restart = collector.log_text().matches("segment archived").count();
+    assert!(
+        before_restart <= at_stop + 1,
+        "segments archived while HDFS was down: {at_stop} -> {before_restart}"
+    );
+    start_hdfs();
+    let config = config_file(&run, "hdfs", &root, "");
+    wait_until(
+        Duration::from_secs(90),
+        "all frames indexed after the outage",
+        || {
+            let (ok, out, _) = archive_cmd(&config, &["ls", "--json"]);
+            ok && serde_json::from_str::<Value>(&out).is_ok_and(|v| {
+                v["segments"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["frames"].as_u64().unwrap())
+                    .sum::<u64>()
+                    == n
+            })
+        },
+    );
+    collector.signal("TERM");
+    let summary = collector.wait_summary(Duration::from_secs(20));
+    assert_eq!(summary["frames_archived"], n, "{summary}");
+
+    // The index (read by our ls, and by pyarrow from a copy FsShell made)
+    // lists exactly the files FsShell lists, and every frame once.
+    let listed = fsshell_segments(&run, &base);
+    let ls = ls_json(&config);
+    let rows: BTreeSet<(String, u64)> = paths_of(&ls, "quay/crane")
+        .into_iter()
+        .map(|(p, b, _)| (p, b))
+        .collect();
+    assert_eq!(rows, listed, "index rows vs FsShell -ls");
+    let local = run.dir.path().join("from-hdfs");
+    std::fs::create_dir_all(&local).unwrap();
+    run.services.hdfs_shell(&[
+        "-copyToLocal",
+        &format!("{base}/quay"),
+        local.to_str().unwrap(),
+    ]);
+    assert_index_matches_disk(&local);
+    let numbers: Vec<u64> = segments_under(&local)
+        .iter()
+        .flat_map(|s| frame_numbers(s, W, H))
+        .collect();
+    assert_eq!(
+        numbers,
+        (0..n).collect::<Vec<_>>(),
+        "every frame exactly once"
+    );
+
+    // Retention by size on HDFS: the two oldest segments go, files and rows.
+    let segs = paths_of(&ls, "quay/crane");
+    let total: u64 = segs.iter().map(|s| s.1).sum();
+    let max = total - segs[0].1 - segs[1].1;
+    let prune = config_file(
+        &run,
+        "hdfs-prune",
+        &root,
+        &format!("[archive.retention]\nmax_bytes = {max}\n"),
+    );
+    let dry: Value =
+        serde_json::from_str(&archive_ok(&prune, &["prune", "--dry-run", "--json"])).unwrap();
+    assert_eq!(dry["planned"].as_array().unwrap().len(), 2, "{dry}");
+    assert_eq!(
+        fsshell_segments(&run, &base),
+        listed,
+        "--dry-run deleted something"
+    );
+    let done: Value = serde_json::from_str(&archive_ok(&prune, &["prune", "--json"])).unwrap();
+    assert_eq!(done["deleted_segments"], 2, "{done}");
+    let expected: BTreeSet<(String, u64)> =
+        segs[2..].iter().map(|(p, b, _)| (p.clone(), *b)).collect();
+    assert_eq!(fsshell_segments(&run, &base), expected);
+    let rows: BTreeSet<(String, u64)> = paths_of(&ls_json(&config), "quay/crane")
+        .into_iter()
+        .map(|(p, b, _)| (p, b))
+        .collect();
+    assert_eq!(rows, expected);
+}
+
+#[test]
+fn archive_ops_sigkill_during_index_rewrites_leaves_every_index_file_whole() {
+    let run = Scenario::new("index-kill", 3);
+    let root = run.dir.path().join("archive");
+    // One segment per GOP (0.5 s) for three cameras: six index rewrites a second.
+    let config = run
+        .collector_config(root.to_str().unwrap())
+        .replace("segment_target_ms = 1000", "segment_target_ms = 100");
+    let n = 300; // 10 s
+    let cams = ["k/a", "k/b", "k/c"];
+    let agents: Vec<Proc> = cams
+        .iter()
+        .map(|c| run.agent(&pattern(c, n, true), ""))
+        .collect();
+    for round in 0..6u64 {
+        let c = run.spawn(&format!("collector-{round}"), "camfleet-collector", &config);
+        c.wait_log(Duration::from_secs(30), "index writes", |log| {
+            log.matches("segment archived").count() >= 2
+        });
+        // Somewhere inside the next rewrites.
+        std::thread::sleep(Duration::from_millis(150 + 97 * round));
+        c.signal("KILL");
+        drop(c);
+        // Every index file reads whole (pyarrow raises on a torn file).
+        rows_by_pyarrow(&root);
+    }
+    let last = run.spawn("collector-last", "camfleet-collector", &config);
+    for a in agents {
+        a.wait_success(Duration::from_secs(60));
+    }
+    let ls_config = config_file(&run, "ls", root.to_str().unwrap(), "");
+    wait_until(Duration::from_secs(60), "all frames indexed", || {
+        ls_json(&ls_config)["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["frames"].as_u64().unwrap())
+            .sum::<u64>()
+            == 3 * n
+    });
+    last.signal("TERM");
+    last.wait_success(Duration::from_secs(20));
+    assert_index_matches_disk(&root);
+    for cam in cams {
+        let numbers: Vec<u64> = segments_under(&root.join(cam))
+            .iter()
+            .flat_map(|s| frame_numbers(s, W, H))
+            .collect();
+        assert_eq!(numbers, (0..n).collect::<Vec<_>>(), "{cam}");
+    }
 }

@@ -80,6 +80,15 @@ impl HdfsArchive {
     }
 }
 
+/// A missing path: the client's own error, or the NameNode's Java exception.
+fn not_found(e: &HdfsError) -> bool {
+    match e {
+        HdfsError::FileNotFound(_) => true,
+        HdfsError::RPCError(class, _) => class.ends_with("FileNotFoundException"),
+        _ => false,
+    }
+}
+
 impl Archive for HdfsArchive {
     async fn put(&self, path: &str, bytes: Bytes) -> Result<(), ArchiveError> {
         let (_, tmp) = temp_name(path);
@@ -113,7 +122,7 @@ impl Archive for HdfsArchive {
         let p = self.abs(path);
         let reader = match self.client.read(&p).await {
             Ok(r) => r,
-            Err(HdfsError::FileNotFound(_)) => return Ok(None),
+            Err(e) if not_found(&e) => return Ok(None),
             Err(e) => return Err(self.err("open", &p, e)),
         };
         let len = reader.file_length();
@@ -128,7 +137,7 @@ impl Archive for HdfsArchive {
         let p = self.abs(dir);
         let statuses = match self.client.list_status(&p, false).await {
             Ok(s) => s,
-            Err(HdfsError::FileNotFound(_)) => return Ok(Vec::new()),
+            Err(e) if not_found(&e) => return Ok(Vec::new()),
             Err(e) => return Err(self.err("list", &p, e)),
         };
         let mut out: Vec<DirEntry> = statuses
@@ -150,7 +159,7 @@ impl Archive for HdfsArchive {
         let p = self.abs(path);
         match self.client.delete(&p, false).await {
             Ok(deleted) => Ok(deleted),
-            Err(HdfsError::FileNotFound(_)) => Ok(false),
+            Err(e) if not_found(&e) => Ok(false),
             Err(e) => Err(self.err("delete", &p, e)),
         }
     }
