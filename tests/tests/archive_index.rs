@@ -745,3 +745,53 @@ fn archive_ops_sigkill_during_index_rewrites_leaves_every_index_file_whole() {
         assert_eq!(numbers, (0..n).collect::<Vec<_>>(), "{cam}");
     }
 }
+
+#[test]
+fn archive_ops_the_collector_applies_retention_while_it_runs() {
+    let run = Scenario::new("retention-live", 3);
+    let root = run.dir.path().join("archive");
+    let max = 150_000u64;
+    let config = run.collector_config(root.to_str().unwrap()).replace(
+        "idle_flush_ms = 1500\n",
+        &format!("idle_flush_ms = 1500\n[archive.retention]\nmax_bytes = {max}\ninterval_s = 1\n"),
+    );
+    let metrics = free_local_addr();
+    let config = config.replace("listen = \"\"", &format!("listen = \"{metrics}\""));
+    let collector = run.spawn("collector", "camfleet-collector", &config);
+    let n = 300; // 10 s, ~47 KB per 1 s segment
+    run.agent(&pattern("live/cam", n, true), "")
+        .wait_success(Duration::from_secs(60));
+    let ls_config = config_file(&run, "ls", root.to_str().unwrap(), "");
+    // Retention keeps the complete segments within the limit as it goes.
+    wait_until(Duration::from_secs(60), "retention to catch up", || {
+        let ls = ls_json(&ls_config);
+        let segs = paths_of(&ls, "live/cam");
+        let complete: u64 = segs.iter().filter(|s| s.2).map(|s| s.1).sum();
+        segs.last().is_some_and(|s| !s.2) && complete <= max && {
+            // The open segment reached the last frame.
+            ls["segments"].as_array().unwrap().last().unwrap()["last_seq"] == n - 1
+        }
+    });
+    let text = http_get(&metrics, "/metrics");
+    let deleted: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("camfleet_collector_retention_segments_deleted_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(deleted >= 3, "{text}");
+    collector.signal("TERM");
+    collector.wait_success(Duration::from_secs(20));
+    assert_index_matches_disk(&root);
+    // What is left is the newest video, whole: a contiguous tail of frames.
+    let numbers: Vec<u64> = segments_under(&root)
+        .iter()
+        .flat_map(|s| frame_numbers(s, W, H))
+        .collect();
+    assert_eq!(numbers.last(), Some(&(n - 1)));
+    assert_eq!(numbers, (numbers[0]..n).collect::<Vec<_>>());
+    assert!(
+        numbers[0] > 0 && numbers[0] % 15 == 0,
+        "starts at a GOP: {}",
+        numbers[0]
+    );
+}
