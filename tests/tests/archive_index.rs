@@ -517,7 +517,10 @@ fn archive_ops_export_trims_to_keyframes_and_plays_through_an_epoch_change() {
         "duration {secs}"
     );
     let numbers = frame_numbers(&part, W, H);
-    assert_eq!(numbers[0] % 15, 0, "starts at a keyframe: {numbers:?}");
+    assert!(
+        numbers[0].is_multiple_of(15),
+        "starts at a keyframe: {numbers:?}"
+    );
     assert_eq!(
         numbers,
         (numbers[0]..numbers[0] + numbers.len() as u64).collect::<Vec<_>>()
@@ -790,7 +793,7 @@ fn archive_ops_the_collector_applies_retention_while_it_runs() {
     assert_eq!(numbers.last(), Some(&(n - 1)));
     assert_eq!(numbers, (numbers[0]..n).collect::<Vec<_>>());
     assert!(
-        numbers[0] > 0 && numbers[0] % 15 == 0,
+        numbers[0] > 0 && numbers[0].is_multiple_of(15),
         "starts at a GOP: {}",
         numbers[0]
     );
