@@ -12,8 +12,12 @@
 //!
 //! and the commit carries each camera's archived watermark, so a replay skips
 //! frames already archived and rebuilds the open segments with the same
-//! names. Archive writes are awaited in line: a slow archive slows
-//! consumption (Kafka holds the backlog) instead of growing memory.
+//! names. Closed segments are written in background tasks, up to
+//! [`WRITES_IN_FLIGHT`] at once and one per camera (so a camera's segment
+//! and index writes stay in order); a segment in flight bounds its
+//! partition's commit like an open one. When all slots are busy the loop
+//! waits: a slow archive slows consumption (Kafka holds the backlog)
+//! instead of growing memory.
 
 use crate::archive::catalog::{self, CatalogError};
 use crate::archive::index::{GapReason, GapRow};
@@ -47,9 +51,9 @@ pub enum CollectorError {
     Kafka(String),
 }
 
-pub struct Collector<A: Archive> {
+pub struct Collector<A: Archive + 'static> {
     config: CollectorConfig,
-    archive: A,
+    archive: Arc<A>,
     consumer: StreamConsumer<RebalanceLog>,
     dead_letters: Option<FutureProducer>,
     segmenter: Segmenter,
@@ -64,6 +68,12 @@ pub struct Collector<A: Archive> {
     /// Closed segments whose write was interrupted by shutdown; `drain` makes
     /// one last attempt, and until then they hold back the commit.
     pending: Vec<Segment>,
+    /// Closed segments being written in the background (at most
+    /// [`WRITES_IN_FLIGHT`], one per camera so a camera's segments and index
+    /// rewrites stay in order). Each holds back its partition's commit
+    /// until it is durable.
+    writes: tokio::task::JoinSet<(Segment, bool)>,
+    in_flight: HashMap<CameraId, InFlight>,
     /// Gaps seen but not yet in the index: (partition, first sequence number
     /// after the gap, row). They go into the index with the segment that
     /// starts after the gap (a gap always starts a segment).
@@ -82,7 +92,22 @@ pub struct Collector<A: Archive> {
 /// Frames queued per processor (about 4 s of 8 cameras at 30 fps).
 pub const PROCESSOR_QUEUE_FRAMES: usize = 1024;
 
-impl<A: Archive> Collector<A> {
+/// Segment writes (segment + index) in flight at once. Measured (issue 9):
+/// writing each segment inside the consume loop left Kafka reads and disk
+/// writes taking turns, and 200 cameras closing segments together stopped
+/// consumption for 200 writes in a row.
+pub const WRITES_IN_FLIGHT: usize = 8;
+
+/// A closed segment being written.
+struct InFlight {
+    partition: i32,
+    /// Kafka offset of its first frame: the commit stays below it.
+    first_offset: i64,
+    /// Its partition was revoked meanwhile: the result no longer counts here.
+    revoked: bool,
+}
+
+impl<A: Archive + 'static> Collector<A> {
     pub fn new(
         config: CollectorConfig,
         archive: A,
@@ -114,7 +139,7 @@ impl<A: Archive> Collector<A> {
         };
         Ok(Self {
             config,
-            archive,
+            archive: Arc::new(archive),
             consumer,
             dead_letters,
             segmenter: Segmenter::new(policy),
@@ -124,6 +149,8 @@ impl<A: Archive> Collector<A> {
             consumed: BTreeMap::new(),
             loaded: HashSet::new(),
             pending: Vec::new(),
+            writes: tokio::task::JoinSet::new(),
+            in_flight: HashMap::new(),
             gaps_pending: Vec::new(),
             committed: HashMap::new(),
             last_retention: Instant::now(),
@@ -148,12 +175,27 @@ impl<A: Archive> Collector<A> {
                     match msg {
                         Ok(m) => {
                             self.handle(m).await?;
+                            // Under steady input the branch below is rarely
+                            // polled (biased); take finished writes here so
+                            // watermarks and commits keep up.
+                            let mut finished = false;
+                            while let Some(done) = self.writes.try_join_next() {
+                                self.finish_write(done);
+                                finished = true;
+                            }
+                            if finished {
+                                self.commit(CommitMode::Async);
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "Kafka consume error");
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                     }
+                }
+                Some(done) = self.writes.join_next(), if !self.writes.is_empty() => {
+                    self.finish_write(done);
+                    self.commit(CommitMode::Async);
                 }
                 _ = tick.tick() => {
                     for camera in self.segmenter.due_snapshots(Some(Instant::now())) {
@@ -181,10 +223,25 @@ impl<A: Archive> Collector<A> {
             "shutdown: writing pending and open segments"
         );
         let deadline = Instant::now() + SHUTDOWN_BUDGET;
+        // Writes in flight see the shutdown and return their segment unless
+        // durable; interrupted ones join `pending`.
+        while !self.writes.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.writes.join_next()).await {
+                Ok(Some(done)) => self.finish_write(done),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!("shutdown budget spent; segments in flight left for replay");
+                    break;
+                }
+            }
+        }
         for seg in std::mem::take(&mut self.pending) {
             let left = deadline.saturating_duration_since(Instant::now());
             let camera = seg.camera.clone();
-            match tokio::time::timeout(left, self.write(&seg)).await {
+            let gaps = self.gaps_before(&camera, seg.first().meta.seq);
+            let write = write_segment(&*self.archive, &self.stats, &seg, &gaps);
+            match tokio::time::timeout(left, write).await {
                 Ok(Ok(())) => self.mark_archived(&seg),
                 // Not committed, so the next owner replays it.
                 Ok(Err(e)) => tracing::warn!(%camera, error = %e, "segment left for replay"),
@@ -227,6 +284,9 @@ impl<A: Archive> Collector<A> {
                 self.reassembler.discard(&c);
             }
             self.pending.retain(|seg| seg.first().partition != p);
+            for w in self.in_flight.values_mut().filter(|w| w.partition == p) {
+                w.revoked = true;
+            }
             self.gaps_pending.retain(|(pp, _, _)| *pp != p);
             self.fanout.revoke(p);
             self.consumed.remove(&p);
@@ -368,11 +428,7 @@ impl<A: Archive> Collector<A> {
                         offset: first_offset,
                     };
                     if let Some(seg) = self.segmenter.push(frame, Instant::now()) {
-                        if self.archive_segment(seg).await? {
-                            self.consumed.insert(p, offset + 1);
-                            self.commit(CommitMode::Async);
-                            return Ok(());
-                        }
+                        self.start_write(seg).await;
                     }
                 }
             },
@@ -470,42 +526,102 @@ impl<A: Archive> Collector<A> {
         Ok(())
     }
 
-    /// Muxes and writes one segment, retrying until it is durable.
-    /// Returns false if shutdown came first: the segment then waits in
-    /// `pending` for `drain`.
-    async fn archive_segment(&mut self, seg: Segment) -> Result<bool, CollectorError> {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            if *self.shutdown.borrow() {
-                self.pending.push(seg);
-                return Ok(false);
+    /// Starts writing a closed segment in the background, after the
+    /// camera's previous write finished and while fewer than
+    /// [`WRITES_IN_FLIGHT`] run. The task retries until the segment is
+    /// durable or shutdown comes (then the segment waits in `pending` for
+    /// `drain`).
+    async fn start_write(&mut self, seg: Segment) {
+        self.wait_for_camera(&seg.camera).await;
+        while self.writes.len() >= WRITES_IN_FLIGHT {
+            if let Some(done) = self.writes.join_next().await {
+                self.finish_write(done);
             }
-            match self.write(&seg).await {
-                Ok(()) => {
-                    self.mark_archived(&seg);
-                    return Ok(true);
+        }
+        let gaps = self.gaps_before(&seg.camera, seg.first().meta.seq);
+        self.in_flight.insert(
+            seg.camera.clone(),
+            InFlight {
+                partition: seg.first().partition,
+                first_offset: seg.first().offset,
+                revoked: false,
+            },
+        );
+        let (archive, stats) = (self.archive.clone(), self.stats.clone());
+        let mut shutdown = self.shutdown.clone();
+        self.writes.spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                if *shutdown.borrow() {
+                    return (seg, false);
                 }
-                Err(e) => {
-                    self.stats.archive_retries(1);
-                    tracing::warn!(camera = %seg.camera, error = %e, retry_in_ms = backoff.as_millis() as u64, "archive write failed");
-                    let mut shutdown = self.shutdown.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => {
-                            self.pending.push(seg);
-                            return Ok(false);
+                match write_segment(&*archive, &stats, &seg, &gaps).await {
+                    Ok(()) => return (seg, true),
+                    Err(e) => {
+                        stats.archive_retries(1);
+                        tracing::warn!(camera = %seg.camera, error = %e, retry_in_ms = backoff.as_millis() as u64, "archive write failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => return (seg, false),
                         }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        });
+    }
+
+    /// Takes the result of a background write.
+    fn finish_write(&mut self, done: Result<(Segment, bool), tokio::task::JoinError>) {
+        let (seg, durable) = match done {
+            Ok(d) => d,
+            // A panic in a write task is a bug; the segment was not marked
+            // archived, so its frames stay uncommitted and are replayed.
+            Err(e) => {
+                tracing::error!(error = %e, "segment write task failed");
+                return;
+            }
+        };
+        let Some(w) = self.in_flight.remove(&seg.camera) else {
+            return;
+        };
+        if w.revoked {
+            return;
+        }
+        if durable {
+            self.mark_archived(&seg);
+        } else {
+            self.pending.push(seg);
+        }
+    }
+
+    /// Waits until `camera` has no write in flight (its writes and index
+    /// rewrites happen one at a time, in order).
+    async fn wait_for_camera(&mut self, camera: &CameraId) {
+        while self.in_flight.contains_key(camera) {
+            match self.writes.join_next().await {
+                Some(done) => self.finish_write(done),
+                None => {
+                    self.in_flight.clear();
+                    return;
                 }
             }
         }
+    }
+
+    /// Waits until no write is in flight.
+    async fn wait_for_writes(&mut self) {
+        while let Some(done) = self.writes.join_next().await {
+            self.finish_write(done);
+        }
+        self.in_flight.clear();
     }
 
     /// Writes an open segment as it stands (a snapshot under its final name)
     /// and its index row (marked incomplete).
     /// Its frames become durable but stay uncommitted until it closes.
     async fn snapshot(&mut self, camera: &CameraId) -> Result<(), CatalogError> {
+        self.wait_for_camera(camera).await;
         let Some(frames) = self.segmenter.open_frames(camera) else {
             return Ok(());
         };
@@ -516,7 +632,7 @@ impl<A: Archive> Collector<A> {
         let row = catalog::segment_row(camera, frames, &path, len, false);
         let gaps = self.gaps_before(camera, first_seq);
         let written = match self.archive.put(&path, Bytes::from(ts)).await {
-            Ok(()) => catalog::record_segment(&self.archive, row, &gaps).await,
+            Ok(()) => catalog::record_segment(&*self.archive, row, &gaps).await,
             Err(e) => Err(e.into()),
         };
         if written.is_ok() {
@@ -553,31 +669,6 @@ impl<A: Archive> Collector<A> {
             .collect()
     }
 
-    /// Writes a closed segment (replacing its snapshot, if any), then its
-    /// index row: only then may the watermark and commit pass it.
-    async fn write(&self, seg: &Segment) -> Result<(), CatalogError> {
-        let frames = &seg.frames;
-        let (ts, path) = mux(&seg.camera, frames);
-        let len = ts.len();
-        let row = catalog::segment_row(&seg.camera, frames, &path, len, true);
-        let gaps = self.gaps_before(&seg.camera, frames[0].meta.seq);
-        self.archive.put(&path, Bytes::from(ts)).await?;
-        catalog::record_segment(&self.archive, row, &gaps).await?;
-        self.stats.index_writes(1);
-        tracing::info!(
-            location = %self.archive.location(&path),
-            frames = frames.len(),
-            bytes = len,
-            first_seq = frames[0].meta.seq,
-            last_seq = frames[frames.len() - 1].meta.seq,
-            complete = true,
-            cut = ?seg.reason,
-            "segment archived"
-        );
-        self.stats.archive_bytes(len as u64);
-        Ok(())
-    }
-
     fn mark_archived(&mut self, seg: &Segment) {
         self.continuity.archived(&seg.camera, seg.last().meta.seq);
         let (camera, first) = (seg.camera.as_str(), seg.first().meta.seq);
@@ -601,6 +692,9 @@ impl<A: Archive> Collector<A> {
             return;
         }
         self.last_retention = Instant::now();
+        // Retention rewrites index files too: not while a write is in flight.
+        self.wait_for_writes().await;
+        let limits = &self.config.archive.retention;
         let topic = &self.config.kafka.connection.topic;
         let committed = match tokio::task::block_in_place(|| {
             consume::committed_watermarks(&self.consumer, topic, Duration::from_secs(10))
@@ -613,11 +707,12 @@ impl<A: Archive> Collector<A> {
         };
         let started = Instant::now();
         let result = async {
-            let cameras = catalog::cameras(&self.archive).await?;
-            let held = retention::inventory(&self.archive, &cameras).await?;
+            let archive = &*self.archive;
+            let cameras = catalog::cameras(archive).await?;
+            let held = retention::inventory(archive, &cameras).await?;
             let now_us = chrono::Utc::now().timestamp_micros();
             let plan = retention::plan(held, limits, now_us, &committed);
-            let done = retention::apply(&self.archive, &plan).await?;
+            let done = retention::apply(archive, &plan).await?;
             Ok::<_, CatalogError>((plan, done))
         }
         .await;
@@ -660,6 +755,9 @@ impl<A: Archive> Collector<A> {
             }
             for seg in self.pending.iter().filter(|seg| seg.first().partition == p) {
                 safe = safe.min(seg.first().offset);
+            }
+            for w in self.in_flight.values().filter(|w| w.partition == p) {
+                safe = safe.min(w.first_offset);
             }
             let processors = match &self.frozen_processor_safe {
                 Some(frozen) => frozen.get(&p).copied().flatten(),
@@ -704,6 +802,35 @@ impl<A: Archive> Collector<A> {
             Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
         }
     }
+}
+
+/// Writes a closed segment (replacing its snapshot, if any), then its
+/// index row: only then may the watermark and commit pass it.
+async fn write_segment<A: Archive>(
+    archive: &A,
+    stats: &Stats,
+    seg: &Segment,
+    gaps: &[GapRow],
+) -> Result<(), CatalogError> {
+    let frames = &seg.frames;
+    let (ts, path) = mux(&seg.camera, frames);
+    let len = ts.len();
+    let row = catalog::segment_row(&seg.camera, frames, &path, len, true);
+    archive.put(&path, Bytes::from(ts)).await?;
+    catalog::record_segment(archive, row, gaps).await?;
+    stats.index_writes(1);
+    tracing::info!(
+        location = %archive.location(&path),
+        frames = frames.len(),
+        bytes = len,
+        first_seq = frames[0].meta.seq,
+        last_seq = frames[frames.len() - 1].meta.seq,
+        complete = true,
+        cut = ?seg.reason,
+        "segment archived"
+    );
+    stats.archive_bytes(len as u64);
+    Ok(())
 }
 
 /// The index rows of the gap of `missing` numbers before frame `meta`: the
@@ -752,7 +879,7 @@ fn mux(camera: &CameraId, frames: &[SegmentFrame]) -> (Vec<u8>, String) {
 }
 
 /// Builds the archive named in the config and runs a collector until `shutdown`.
-pub async fn run<A: Archive>(
+pub async fn run<A: Archive + 'static>(
     config: CollectorConfig,
     archive: A,
     stats: Arc<Stats>,
@@ -762,7 +889,7 @@ pub async fn run<A: Archive>(
 }
 
 /// [`run`] with processors beside the archive (see `crate::fanout`).
-pub async fn run_with<A: Archive>(
+pub async fn run_with<A: Archive + 'static>(
     config: CollectorConfig,
     archive: A,
     stats: Arc<Stats>,
