@@ -6,6 +6,7 @@
 //! here. See docs/benchmarks.md.
 
 mod agent;
+mod archive;
 mod cameras;
 mod convert;
 mod detect;
@@ -54,6 +55,26 @@ enum Section {
         camfleet: Option<PathBuf>,
         #[arg(long)]
         agent: Option<PathBuf>,
+    },
+    /// The collector draining a backlog of N cameras to a local directory and HDFS (index and retention on).
+    Archive {
+        /// The Y4M clip replayed as every camera (720p).
+        #[arg(long)]
+        clip: PathBuf,
+        /// Camera counts, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "200")]
+        cameras: Vec<u32>,
+        /// Seconds of video per camera.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Also archive to HDFS (HDFS_URL) and compare with FsShell -put.
+        #[arg(long)]
+        hdfs: bool,
+        /// The collector binary; default: camfleet-collector next to this binary.
+        #[arg(long)]
+        collector: Option<PathBuf>,
     },
     /// Encoder CPU cost (fps per core) and PSNR: agent pipeline, bare openh264, ffmpeg libx264.
     Encode {
@@ -273,6 +294,29 @@ async fn main() -> anyhow::Result<()> {
             },
             results,
         ),
+        Section::Archive {
+            clip,
+            cameras,
+            seconds,
+            partitions,
+            hdfs,
+            collector,
+        } => {
+            let kafka = kafka::Kafka::from_env()?;
+            let collector = match collector {
+                Some(c) => c,
+                None => std::env::current_exe()?.with_file_name("camfleet-collector"),
+            };
+            let args = archive::Args {
+                clip,
+                cameras,
+                seconds,
+                partitions,
+                collector,
+                hdfs,
+            };
+            archive::run(&kafka, args, &work.join("archive"), results).await
+        }
         Section::Latency { seconds, agent } => {
             let kafka = kafka::Kafka::from_env()?;
             let args = latency::Args {

@@ -42,13 +42,13 @@ pub struct Args {
 
 const CODECS: [&str; 4] = ["none", "lz4", "snappy", "zstd"];
 
-struct Clip {
+pub(crate) struct Clip {
     name: String,
-    width: u32,
-    height: u32,
-    fps: Rational,
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+    pub(crate) fps: Rational,
     /// (keyframe, Annex-B access unit) per frame.
-    frames: Vec<(bool, Vec<u8>)>,
+    pub(crate) frames: Vec<(bool, Vec<u8>)>,
 }
 
 impl Clip {
@@ -59,7 +59,7 @@ impl Clip {
 
 /// Encodes the first `n` frames of `path` (looped if shorter) with the
 /// agent's encoder at `kbps`, IDR every 60 frames (the agent's default).
-fn encode_clip(path: &Path, n: u64, kbps: u32) -> anyhow::Result<Clip> {
+pub(crate) fn encode_clip(path: &Path, n: u64, kbps: u32) -> anyhow::Result<Clip> {
     let mut src = Y4mFile::open(path, true, false)?;
     let format = src.format();
     // The agent's defaults (IDR every 60) but the bitrate; `..Default` keeps

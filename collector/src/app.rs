@@ -12,10 +12,16 @@
 //!
 //! and the commit carries each camera's archived watermark, so a replay skips
 //! frames already archived and rebuilds the open segments with the same
-//! names. Archive writes are awaited in line: a slow archive slows
-//! consumption (Kafka holds the backlog) instead of growing memory.
+//! names. Closed segments are written in background tasks, up to
+//! [`WRITES_IN_FLIGHT`] at once and one per camera (so a camera's segment
+//! and index writes stay in order); a segment in flight bounds its
+//! partition's commit like an open one. When all slots are busy the loop
+//! waits: a slow archive slows consumption (Kafka holds the backlog)
+//! instead of growing memory.
 
-use crate::archive::{mpegts, segment_path, Archive, ArchiveError};
+use crate::archive::catalog::{self, CatalogError};
+use crate::archive::index::{GapReason, GapRow};
+use crate::archive::{mpegts, retention, segment_path, Archive};
 use crate::consume::{self, RebalanceLog};
 use crate::continuity::{self, Continuity, Verdict};
 use crate::fanout::{FanOut, Frame, Processor};
@@ -46,9 +52,9 @@ pub enum CollectorError {
     Kafka(String),
 }
 
-pub struct Collector<A: Archive> {
+pub struct Collector<A: Archive + 'static> {
     config: CollectorConfig,
-    archive: A,
+    archive: Arc<A>,
     consumer: StreamConsumer<RebalanceLog>,
     dead_letters: Option<FutureProducer>,
     segmenter: Segmenter,
@@ -63,8 +69,20 @@ pub struct Collector<A: Archive> {
     /// Closed segments whose write was interrupted by shutdown; `drain` makes
     /// one last attempt, and until then they hold back the commit.
     pending: Vec<Segment>,
+    /// Closed segments being written in the background (at most
+    /// [`WRITES_IN_FLIGHT`], one per camera so a camera's segments and index
+    /// rewrites stay in order). Each holds back its partition's commit
+    /// until it is durable.
+    writes: tokio::task::JoinSet<(Segment, bool)>,
+    in_flight: HashMap<CameraId, InFlight>,
+    /// Gaps seen but not yet in the index: (partition, first sequence number
+    /// after the gap, row). They go into the index with the segment that
+    /// starts after the gap (a gap always starts a segment).
+    gaps_pending: Vec<(i32, u64, GapRow)>,
     /// Last commit sent per partition (offset, metadata), to skip no-op commits.
     committed: HashMap<i32, (i64, String)>,
+    /// When retention last ran (it runs every `archive.retention.interval_s`).
+    last_retention: Instant,
     /// The processors' safe offsets taken as they stopped (shutdown only).
     frozen_processor_safe: Option<HashMap<i32, Option<i64>>>,
     stats: Arc<Stats>,
@@ -77,7 +95,22 @@ pub struct Collector<A: Archive> {
 /// Frames queued per processor (about 4 s of 8 cameras at 30 fps).
 pub const PROCESSOR_QUEUE_FRAMES: usize = 1024;
 
-impl<A: Archive> Collector<A> {
+/// Segment writes (segment + index) in flight at once. Measured (issue 9):
+/// writing each segment inside the consume loop left Kafka reads and disk
+/// writes taking turns, and 200 cameras closing segments together stopped
+/// consumption for 200 writes in a row.
+pub const WRITES_IN_FLIGHT: usize = 8;
+
+/// A closed segment being written.
+struct InFlight {
+    partition: i32,
+    /// Kafka offset of its first frame: the commit stays below it.
+    first_offset: i64,
+    /// Its partition was revoked meanwhile: the result no longer counts here.
+    revoked: bool,
+}
+
+impl<A: Archive + 'static> Collector<A> {
     pub fn new(
         config: CollectorConfig,
         archive: A,
@@ -110,7 +143,7 @@ impl<A: Archive> Collector<A> {
         };
         Ok(Self {
             config,
-            archive,
+            archive: Arc::new(archive),
             consumer,
             dead_letters,
             segmenter: Segmenter::new(policy),
@@ -120,7 +153,11 @@ impl<A: Archive> Collector<A> {
             consumed: BTreeMap::new(),
             loaded: HashSet::new(),
             pending: Vec::new(),
+            writes: tokio::task::JoinSet::new(),
+            in_flight: HashMap::new(),
+            gaps_pending: Vec::new(),
             committed: HashMap::new(),
+            last_retention: Instant::now(),
             frozen_processor_safe: None,
             stats,
             fanout: FanOut::start(processors, PROCESSOR_QUEUE_FRAMES),
@@ -149,6 +186,17 @@ impl<A: Archive> Collector<A> {
                     match msg {
                         Ok(m) => {
                             self.handle(m).await?;
+                            // Under steady input the branch below is rarely
+                            // polled (biased); take finished writes here so
+                            // watermarks and commits keep up.
+                            let mut finished = false;
+                            while let Some(done) = self.writes.try_join_next() {
+                                self.finish_write(done);
+                                finished = true;
+                            }
+                            if finished {
+                                self.commit(CommitMode::Async);
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "Kafka consume error");
@@ -156,12 +204,17 @@ impl<A: Archive> Collector<A> {
                         }
                     }
                 }
+                Some(done) = self.writes.join_next(), if !self.writes.is_empty() => {
+                    self.finish_write(done);
+                    self.commit(CommitMode::Async);
+                }
                 _ = tick.tick() => {
                     for camera in self.segmenter.due_snapshots(Some(Instant::now())) {
                         // A failed snapshot is retried at the next tick.
                         let _ = self.snapshot(&camera).await;
                     }
                     self.commit(CommitMode::Async);
+                    self.retention_if_due().await;
                 }
             }
         }
@@ -181,10 +234,25 @@ impl<A: Archive> Collector<A> {
             "shutdown: writing pending and open segments"
         );
         let deadline = Instant::now() + SHUTDOWN_BUDGET;
+        // Writes in flight see the shutdown and return their segment unless
+        // durable; interrupted ones join `pending`.
+        while !self.writes.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.writes.join_next()).await {
+                Ok(Some(done)) => self.finish_write(done),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!("shutdown budget spent; segments in flight left for replay");
+                    break;
+                }
+            }
+        }
         for seg in std::mem::take(&mut self.pending) {
             let left = deadline.saturating_duration_since(Instant::now());
             let camera = seg.camera.clone();
-            match tokio::time::timeout(left, self.write(&seg)).await {
+            let gaps = self.gaps_before(&camera, seg.first().meta.seq);
+            let write = write_segment(&*self.archive, &self.stats, &seg, &gaps);
+            match tokio::time::timeout(left, write).await {
                 Ok(Ok(())) => self.mark_archived(&seg),
                 // Not committed, so the next owner replays it.
                 Ok(Err(e)) => tracing::warn!(%camera, error = %e, "segment left for replay"),
@@ -227,6 +295,10 @@ impl<A: Archive> Collector<A> {
                 self.reassembler.discard(&c);
             }
             self.pending.retain(|seg| seg.first().partition != p);
+            for w in self.in_flight.values_mut().filter(|w| w.partition == p) {
+                w.revoked = true;
+            }
+            self.gaps_pending.retain(|(pp, _, _)| *pp != p);
             self.fanout.revoke(p);
             self.consumed.remove(&p);
             self.loaded.remove(&p);
@@ -336,6 +408,9 @@ impl<A: Archive> Collector<A> {
                         };
                         let evicted_at_edge = (!split.evicted.is_empty())
                             .then(|| wire::format_evicted(&split.evicted));
+                        for row in gap_rows(&meta, missing, &split.evicted) {
+                            self.gaps_pending.push((p, meta.seq, row));
+                        }
                         tracing::warn!(
                             camera = %meta.camera,
                             seq = meta.seq,
@@ -364,11 +439,7 @@ impl<A: Archive> Collector<A> {
                         offset: first_offset,
                     };
                     if let Some(seg) = self.segmenter.push(frame, Instant::now()) {
-                        if self.archive_segment(seg).await? {
-                            self.consumed.insert(p, offset + 1);
-                            self.commit(CommitMode::Async);
-                            return Ok(());
-                        }
+                        self.start_write(seg).await;
                     }
                 }
             },
@@ -466,41 +537,102 @@ impl<A: Archive> Collector<A> {
         Ok(())
     }
 
-    /// Muxes and writes one segment, retrying until it is durable.
-    /// Returns false if shutdown came first: the segment then waits in
-    /// `pending` for `drain`.
-    async fn archive_segment(&mut self, seg: Segment) -> Result<bool, CollectorError> {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            if *self.shutdown.borrow() {
-                self.pending.push(seg);
-                return Ok(false);
+    /// Starts writing a closed segment in the background, after the
+    /// camera's previous write finished and while fewer than
+    /// [`WRITES_IN_FLIGHT`] run. The task retries until the segment is
+    /// durable or shutdown comes (then the segment waits in `pending` for
+    /// `drain`).
+    async fn start_write(&mut self, seg: Segment) {
+        self.wait_for_camera(&seg.camera).await;
+        while self.writes.len() >= WRITES_IN_FLIGHT {
+            if let Some(done) = self.writes.join_next().await {
+                self.finish_write(done);
             }
-            match self.write(&seg).await {
-                Ok(()) => {
-                    self.mark_archived(&seg);
-                    return Ok(true);
+        }
+        let gaps = self.gaps_before(&seg.camera, seg.first().meta.seq);
+        self.in_flight.insert(
+            seg.camera.clone(),
+            InFlight {
+                partition: seg.first().partition,
+                first_offset: seg.first().offset,
+                revoked: false,
+            },
+        );
+        let (archive, stats) = (self.archive.clone(), self.stats.clone());
+        let mut shutdown = self.shutdown.clone();
+        self.writes.spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                if *shutdown.borrow() {
+                    return (seg, false);
                 }
-                Err(e) => {
-                    self.stats.archive_retries(1);
-                    tracing::warn!(camera = %seg.camera, error = %e, retry_in_ms = backoff.as_millis() as u64, "archive write failed");
-                    let mut shutdown = self.shutdown.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => {
-                            self.pending.push(seg);
-                            return Ok(false);
+                match write_segment(&*archive, &stats, &seg, &gaps).await {
+                    Ok(()) => return (seg, true),
+                    Err(e) => {
+                        stats.archive_retries(1);
+                        tracing::warn!(camera = %seg.camera, error = %e, retry_in_ms = backoff.as_millis() as u64, "archive write failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => return (seg, false),
                         }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        });
+    }
+
+    /// Takes the result of a background write.
+    fn finish_write(&mut self, done: Result<(Segment, bool), tokio::task::JoinError>) {
+        let (seg, durable) = match done {
+            Ok(d) => d,
+            // A panic in a write task is a bug; the segment was not marked
+            // archived, so its frames stay uncommitted and are replayed.
+            Err(e) => {
+                tracing::error!(error = %e, "segment write task failed");
+                return;
+            }
+        };
+        let Some(w) = self.in_flight.remove(&seg.camera) else {
+            return;
+        };
+        if w.revoked {
+            return;
+        }
+        if durable {
+            self.mark_archived(&seg);
+        } else {
+            self.pending.push(seg);
+        }
+    }
+
+    /// Waits until `camera` has no write in flight (its writes and index
+    /// rewrites happen one at a time, in order).
+    async fn wait_for_camera(&mut self, camera: &CameraId) {
+        while self.in_flight.contains_key(camera) {
+            match self.writes.join_next().await {
+                Some(done) => self.finish_write(done),
+                None => {
+                    self.in_flight.clear();
+                    return;
                 }
             }
         }
     }
 
-    /// Writes an open segment as it stands (a snapshot under its final name).
+    /// Waits until no write is in flight.
+    async fn wait_for_writes(&mut self) {
+        while let Some(done) = self.writes.join_next().await {
+            self.finish_write(done);
+        }
+        self.in_flight.clear();
+    }
+
+    /// Writes an open segment as it stands (a snapshot under its final name)
+    /// and its index row (marked incomplete).
     /// Its frames become durable but stay uncommitted until it closes.
-    async fn snapshot(&mut self, camera: &CameraId) -> Result<(), ArchiveError> {
+    async fn snapshot(&mut self, camera: &CameraId) -> Result<(), CatalogError> {
+        self.wait_for_camera(camera).await;
         let Some(frames) = self.segmenter.open_frames(camera) else {
             return Ok(());
         };
@@ -508,7 +640,16 @@ impl<A: Archive> Collector<A> {
         let (count, first_seq) = (frames.len(), frames[0].meta.seq);
         let last_seq = frames[count - 1].meta.seq;
         let len = ts.len();
-        if let Err(e) = self.archive.put(&path, Bytes::from(ts)).await {
+        let row = catalog::segment_row(camera, frames, &path, len, false);
+        let gaps = self.gaps_before(camera, first_seq);
+        let written = match self.archive.put(&path, Bytes::from(ts)).await {
+            Ok(()) => catalog::record_segment(&*self.archive, row, &gaps).await,
+            Err(e) => Err(e.into()),
+        };
+        if written.is_ok() {
+            self.stats.index_writes(1);
+        }
+        if let Err(e) = written {
             self.stats.archive_retries(1);
             tracing::warn!(%camera, error = %e, "snapshot of an open segment failed");
             return Err(e);
@@ -529,32 +670,82 @@ impl<A: Archive> Collector<A> {
         Ok(())
     }
 
-    /// Writes a closed segment (replacing its snapshot, if any).
-    async fn write(&self, seg: &Segment) -> Result<(), ArchiveError> {
-        let frames = &seg.frames;
-        let (ts, path) = mux(&seg.camera, frames);
-        let len = ts.len();
-        self.archive.put(&path, Bytes::from(ts)).await?;
-        tracing::info!(
-            location = %self.archive.location(&path),
-            frames = frames.len(),
-            bytes = len,
-            first_seq = frames[0].meta.seq,
-            last_seq = frames[frames.len() - 1].meta.seq,
-            complete = true,
-            cut = ?seg.reason,
-            "segment archived"
-        );
-        self.stats.archive_bytes(len as u64);
-        Ok(())
+    /// Gaps waiting for the segment that starts at `first_seq`.
+    fn gaps_before(&self, camera: &CameraId, first_seq: u64) -> Vec<GapRow> {
+        let camera = camera.as_str();
+        self.gaps_pending
+            .iter()
+            .filter(|(_, next, row)| *next == first_seq && row.camera == camera)
+            .map(|(_, _, row)| row.clone())
+            .collect()
     }
 
     fn mark_archived(&mut self, seg: &Segment) {
         self.continuity.archived(&seg.camera, seg.last().meta.seq);
+        let (camera, first) = (seg.camera.as_str(), seg.first().meta.seq);
+        self.gaps_pending
+            .retain(|(_, next, row)| !(row.camera == camera && *next <= first));
         self.stats.segments_written(1);
         // Frames an earlier snapshot wrote were counted then.
         self.stats
             .frames_archived((seg.frames.len() - seg.snapshotted) as u64);
+    }
+
+    /// Applies the retention limits every `interval_s`, in this loop so that
+    /// no index rewrite of the write path interleaves with retention's.
+    /// Failures are logged and retried at the next interval.
+    async fn retention_if_due(&mut self) {
+        let limits = &self.config.archive.retention;
+        if limits.interval_s == 0
+            || !limits.is_set()
+            || self.last_retention.elapsed() < Duration::from_secs(limits.interval_s)
+        {
+            return;
+        }
+        self.last_retention = Instant::now();
+        // Retention rewrites index files too: not while a write is in flight.
+        self.wait_for_writes().await;
+        let limits = &self.config.archive.retention;
+        let topic = &self.config.kafka.connection.topic;
+        let committed = match tokio::task::block_in_place(|| {
+            consume::committed_watermarks(&self.consumer, topic, Duration::from_secs(10))
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "retention skipped: cannot read committed watermarks");
+                return;
+            }
+        };
+        let started = Instant::now();
+        let result = async {
+            let archive = &*self.archive;
+            let cameras = catalog::cameras(archive).await?;
+            let held = retention::inventory(archive, &cameras).await?;
+            let now_us = chrono::Utc::now().timestamp_micros();
+            let plan = retention::plan(held, limits, now_us, &committed);
+            let done = retention::apply(archive, &plan).await?;
+            Ok::<_, CatalogError>((plan, done))
+        }
+        .await;
+        match result {
+            Ok((plan, done)) => {
+                for ((camera, reason), (segments, bytes)) in retention::summarize(&plan) {
+                    tracing::info!(%camera, ?reason, segments, bytes, "retention deleted segments");
+                }
+                self.stats.retention_segments_deleted(done.segments);
+                self.stats.retention_bytes_deleted(done.bytes);
+                tracing::debug!(
+                    segments = done.segments,
+                    bytes = done.bytes,
+                    leftovers = done.leftovers,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "retention pass"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention pass failed; retried at the next interval")
+            }
+        }
     }
 
     /// Commits every partition whose safe offset or watermarks changed.
@@ -575,6 +766,9 @@ impl<A: Archive> Collector<A> {
             }
             for seg in self.pending.iter().filter(|seg| seg.first().partition == p) {
                 safe = safe.min(seg.first().offset);
+            }
+            for w in self.in_flight.values().filter(|w| w.partition == p) {
+                safe = safe.min(w.first_offset);
             }
             let processors = match &self.frozen_processor_safe {
                 Some(frozen) => frozen.get(&p).copied().flatten(),
@@ -621,6 +815,63 @@ impl<A: Archive> Collector<A> {
     }
 }
 
+/// Writes a closed segment (replacing its snapshot, if any), then its
+/// index row: only then may the watermark and commit pass it.
+async fn write_segment<A: Archive>(
+    archive: &A,
+    stats: &Stats,
+    seg: &Segment,
+    gaps: &[GapRow],
+) -> Result<(), CatalogError> {
+    let frames = &seg.frames;
+    let (ts, path) = mux(&seg.camera, frames);
+    let len = ts.len();
+    let row = catalog::segment_row(&seg.camera, frames, &path, len, true);
+    archive.put(&path, Bytes::from(ts)).await?;
+    catalog::record_segment(archive, row, gaps).await?;
+    stats.index_writes(1);
+    tracing::info!(
+        location = %archive.location(&path),
+        frames = frames.len(),
+        bytes = len,
+        first_seq = frames[0].meta.seq,
+        last_seq = frames[frames.len() - 1].meta.seq,
+        complete = true,
+        cut = ?seg.reason,
+        "segment archived"
+    );
+    stats.archive_bytes(len as u64);
+    Ok(())
+}
+
+/// The index rows of the gap of `missing` numbers before frame `meta`: the
+/// parts the agent reported evicted, and the rest as unknown.
+fn gap_rows(meta: &FrameMeta, missing: u64, evicted: &[RangeInclusive<u64>]) -> Vec<GapRow> {
+    let missing = missing.min(meta.seq);
+    let (lo, hi) = (meta.seq - missing, meta.seq - 1);
+    let row = |a: u64, b: u64, reason| GapRow {
+        camera: meta.camera.to_string(),
+        first_missing_seq: a,
+        last_missing_seq: b,
+        reason,
+        next_capture_us: meta.capture_us as i64,
+    };
+    let mut out = Vec::new();
+    let mut next = lo;
+    for r in evicted {
+        // `split_gap` returns sorted, disjoint ranges inside [lo, hi].
+        if *r.start() > next {
+            out.push(row(next, r.start() - 1, GapReason::Unknown));
+        }
+        out.push(row(*r.start(), *r.end(), GapReason::EvictedAtEdge));
+        next = r.end() + 1;
+    }
+    if next <= hi {
+        out.push(row(next, hi, GapReason::Unknown));
+    }
+    out
+}
+
 /// MPEG-TS bytes and archive path of a run of one camera's frames (non-empty).
 fn mux(camera: &CameraId, frames: &[SegmentFrame]) -> (Vec<u8>, String) {
     let ts_frames: Vec<mpegts::TsFrame<'_>> = frames
@@ -639,7 +890,7 @@ fn mux(camera: &CameraId, frames: &[SegmentFrame]) -> (Vec<u8>, String) {
 }
 
 /// Builds the archive named in the config and runs a collector until `shutdown`.
-pub async fn run<A: Archive>(
+pub async fn run<A: Archive + 'static>(
     config: CollectorConfig,
     archive: A,
     stats: Arc<Stats>,
@@ -649,7 +900,7 @@ pub async fn run<A: Archive>(
 }
 
 /// [`run`] with processors beside the archive (see `crate::fanout`).
-pub async fn run_with<A: Archive>(
+pub async fn run_with<A: Archive + 'static>(
     config: CollectorConfig,
     archive: A,
     stats: Arc<Stats>,
@@ -662,7 +913,7 @@ pub async fn run_with<A: Archive>(
 
 /// [`run_with`] reporting readiness and liveness to `service` (systemd's
 /// notify socket, the HTTP probes).
-pub async fn run_service<A: Archive>(
+pub async fn run_service<A: Archive + 'static>(
     config: CollectorConfig,
     archive: A,
     stats: Arc<Stats>,

@@ -29,6 +29,9 @@ enum Command {
         #[arg(long)]
         check_archive: bool,
     },
+    /// The archive: `ls`, `prune`, `export` (docs/archive.md).
+    #[command(subcommand)]
+    Archive(camfleet_collector::archive::cli::ArchiveCommand),
 }
 
 fn load(path: &Path) -> anyhow::Result<CollectorConfig> {
@@ -58,6 +61,7 @@ fn main() -> std::process::ExitCode {
 #[tokio::main]
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Archive(command) => camfleet_collector::archive::cli::run(command).await,
         Command::Validate {
             config,
             check_archive,

@@ -34,6 +34,11 @@ MODELS_VENV="$CAMFLEET_CACHE/venv-models"
 # Python with the checkers tests use as independent peers (jsonschema).
 TOOLS_VENV="$CAMFLEET_CACHE/venv-tools"
 JSONSCHEMA_VERSION=4.25.1
+# Python with the archive index's independent readers (docs/archive.md): pyarrow
+# reads every Parquet file, pyspark (on the machine's Java 17) runs SQL over them.
+ANALYTICS_VENV="$CAMFLEET_CACHE/venv-analytics"
+PYARROW_VERSION=26.0.1
+PYSPARK_VERSION=4.3.0
 # Test photos for the detector tests, taken from these PyPI wheels.
 SCIKIT_IMAGE_VERSION=0.26.0
 ULTRALYTICS_VERSION=8.4.190

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+mod archive_retention;
 mod kafka_security;
+pub use archive_retention::{CameraRetention, RetentionConfig};
 pub use kafka_security::{
     is_sensitive_property, ClientProperties, KafkaSaslConfig, KafkaTlsConfig, SaslMechanism,
     Secret, SecurityProtocol,
@@ -894,6 +896,9 @@ pub struct ArchiveConfig {
     /// snapshot (it stays open; the full segment replaces it when it closes).
     #[serde(default = "default_idle_flush_ms")]
     pub idle_flush_ms: u64,
+    /// Limits by age and size (docs/archive.md, "Retention"); none by default.
+    #[serde(default)]
+    pub retention: RetentionConfig,
 }
 
 const fn default_segment_target_ms() -> u64 {
@@ -960,6 +965,7 @@ impl CollectorConfig {
         if self.archive.idle_flush_ms < 100 {
             return Err(invalid("archive.idle_flush_ms", "must be at least 100"));
         }
+        self.archive.retention.validate()?;
         if let Some(inference) = &self.inference {
             inference.validate()?;
         }

@@ -448,6 +448,31 @@ fn spool_a_budget_too_small_evicts_only_whole_oldest_gops_and_reports_them() {
         evicted,
         "{cs}"
     );
+    // And records them in the archive index's gaps table, with the reason.
+    let out = std::process::Command::new(binary("camfleet-collector"))
+        .args(["archive", "ls", "--json", "--config"])
+        .arg(run.dir.path().join("collector.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ls: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gaps = ls["gaps"].as_array().unwrap();
+    assert!(
+        gaps.iter().all(|g| g["reason"] == "evicted_at_edge"),
+        "{gaps:?}"
+    );
+    let mut indexed: Vec<u64> = gaps
+        .iter()
+        .flat_map(|g| {
+            g["first_missing_seq"].as_u64().unwrap()..=g["last_missing_seq"].as_u64().unwrap()
+        })
+        .collect();
+    indexed.sort();
+    assert_eq!(indexed, c.missing, "gaps in the index vs missing numbers");
 }
 
 #[test]

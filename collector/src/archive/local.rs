@@ -1,6 +1,6 @@
 //! Local-directory archive (the embedded default).
 
-use super::{temp_name, Archive, ArchiveError};
+use super::{temp_name, Archive, ArchiveError, DirEntry};
 use bytes::Bytes;
 use std::fs;
 use std::io::Write;
@@ -67,6 +67,83 @@ impl Archive for LocalArchive {
     fn location(&self, path: &str) -> String {
         self.root.join(path).display().to_string()
     }
+
+    async fn get(&self, path: &str) -> Result<Option<Bytes>, ArchiveError> {
+        let full = self.root.join(path);
+        blocking(move || match fs::read(&full) {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &full, e)),
+        })
+        .await
+    }
+
+    async fn list(&self, dir: &str) -> Result<Vec<DirEntry>, ArchiveError> {
+        let full = self.root.join(dir);
+        blocking(move || {
+            let rd = match fs::read_dir(&full) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(io_err("list", &full, e)),
+            };
+            let mut out = Vec::new();
+            for entry in rd {
+                let entry = entry.map_err(|e| io_err("list", &full, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let meta = entry
+                    .metadata()
+                    .map_err(|e| io_err("stat", &entry.path(), e))?;
+                out.push(DirEntry {
+                    name,
+                    is_dir: meta.is_dir(),
+                    len: if meta.is_dir() { 0 } else { meta.len() },
+                });
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, path: &str) -> Result<bool, ArchiveError> {
+        let full = self.root.join(path);
+        blocking(move || {
+            let result = match fs::symlink_metadata(&full) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(io_err("stat", &full, e)),
+                Ok(m) if m.is_dir() => fs::remove_dir(&full),
+                Ok(_) => fs::remove_file(&full),
+            };
+            result.map_err(|e| io_err("delete", &full, e))?;
+            // The removal survives power loss once the parent is synced.
+            if let Some(parent) = full.parent() {
+                sync_dir(parent).map_err(|e| io_err("fsync directory", parent, e))?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+}
+
+fn io_err(what: &str, p: &Path, e: std::io::Error) -> ArchiveError {
+    ArchiveError::Io {
+        path: p.display().to_string(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ArchiveError> + Send + 'static,
+) -> Result<T, ArchiveError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ArchiveError::Io {
+            path: "<local archive>".into(),
+            message: e.to_string(),
+        })?
 }
 
 #[cfg(test)]
@@ -86,5 +163,29 @@ mod tests {
         let d = dir.path().join("s/c/2025/01/01/00");
         assert_eq!(fs::read(d.join("1.ts")).unwrap(), b"second");
         assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn get_list_delete_see_only_visible_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = LocalArchive::open(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!(a.get("s/c/x.ts").await.unwrap(), None);
+        assert!(a.list("s").await.unwrap().is_empty());
+        a.put("s/c/b.ts", Bytes::from_static(b"bb")).await.unwrap();
+        a.put("s/c/a.ts", Bytes::from_static(b"a")).await.unwrap();
+        fs::write(dir.path().join("s/c/.a.ts.tmp"), b"stale").unwrap();
+        let names: Vec<(String, u64)> = a
+            .list("s/c")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.len))
+            .collect();
+        assert_eq!(names, [("a.ts".to_string(), 1), ("b.ts".to_string(), 2)]);
+        assert!(a.list("s").await.unwrap()[0].is_dir);
+        assert_eq!(a.get("s/c/b.ts").await.unwrap().unwrap(), &b"bb"[..]);
+        assert!(a.delete("s/c/b.ts").await.unwrap());
+        assert!(!a.delete("s/c/b.ts").await.unwrap());
+        assert!(a.delete("s/c").await.is_err(), "not empty");
     }
 }

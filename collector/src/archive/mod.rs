@@ -21,9 +21,13 @@
 //! A crash leaves at most a stale `.tmp` file, which the next put of that name
 //! overwrites.
 
+pub mod catalog;
+pub mod cli;
 pub mod hdfs;
+pub mod index;
 pub mod local;
 pub mod mpegts;
+pub mod retention;
 
 use bytes::Bytes;
 use camfleet_shared::CameraId;
@@ -48,6 +52,35 @@ pub trait Archive: Send + Sync {
 
     /// Where `path` ends up, for logs and for people (`/srv/archive/...`, `hdfs://...`).
     fn location(&self, path: &str) -> String;
+
+    /// The whole file at `path`; `None` if there is none.
+    fn get(
+        &self,
+        path: &str,
+    ) -> impl std::future::Future<Output = Result<Option<Bytes>, ArchiveError>> + Send;
+
+    /// The entries of directory `dir` (`""` = the root), sorted by name,
+    /// hidden (`.`-prefixed) ones left out; empty if `dir` does not exist.
+    fn list(
+        &self,
+        dir: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<DirEntry>, ArchiveError>> + Send;
+
+    /// Removes a file or an empty directory; `false` if it was not there.
+    fn delete(
+        &self,
+        path: &str,
+    ) -> impl std::future::Future<Output = Result<bool, ArchiveError>> + Send;
+}
+
+/// One entry of [`Archive::list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The entry's name within its directory.
+    pub name: String,
+    pub is_dir: bool,
+    /// Bytes (files only).
+    pub len: u64,
 }
 
 /// The archive named by `archive.root`: `hdfs://...` or a local directory.
@@ -78,6 +111,27 @@ impl Archive for AnyArchive {
         match self {
             Self::Local(a) => a.location(path),
             Self::Hdfs(a) => a.location(path),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<Option<Bytes>, ArchiveError> {
+        match self {
+            Self::Local(a) => a.get(path).await,
+            Self::Hdfs(a) => a.get(path).await,
+        }
+    }
+
+    async fn list(&self, dir: &str) -> Result<Vec<DirEntry>, ArchiveError> {
+        match self {
+            Self::Local(a) => a.list(dir).await,
+            Self::Hdfs(a) => a.list(dir).await,
+        }
+    }
+
+    async fn delete(&self, path: &str) -> Result<bool, ArchiveError> {
+        match self {
+            Self::Local(a) => a.delete(path).await,
+            Self::Hdfs(a) => a.delete(path).await,
         }
     }
 }

@@ -93,6 +93,96 @@ pub fn mux_segment(frames: &[TsFrame<'_>]) -> Vec<u8> {
     mux.out
 }
 
+/// A frame read back from a segment this muxer wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DemuxedFrame {
+    /// The PES PTS minus the mux delay, modulo 2^33: the `pts_90k` that was
+    /// muxed (modulo 2^33).
+    pub pts_90k: u64,
+    /// The packet's `random_access_indicator` (set on IDRs).
+    pub keyframe: bool,
+    /// The access unit as stored (with the delimiter the muxer prepended).
+    pub annex_b: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DemuxError {
+    #[error("not an MPEG-TS stream: byte {0} is not a sync byte")]
+    Sync(usize),
+    #[error("length {0} is not a multiple of 188")]
+    Length(usize),
+    #[error("PES at byte {0} has no PTS or a malformed header")]
+    Pes(usize),
+}
+
+/// Reads back the video frames of a segment written by [`mux_segment`] (the
+/// read path of `archive export`). Not a general demuxer: one H.264 PID,
+/// one PES per frame, PTS only, as documented above.
+pub fn demux_segment(ts: &[u8]) -> Result<Vec<DemuxedFrame>, DemuxError> {
+    if !ts.len().is_multiple_of(PACKET_LEN) {
+        return Err(DemuxError::Length(ts.len()));
+    }
+    let mut frames: Vec<DemuxedFrame> = Vec::new();
+    let mut pes: Option<(usize, bool, Vec<u8>)> = None;
+    let finish = |pes: Option<(usize, bool, Vec<u8>)>, frames: &mut Vec<DemuxedFrame>| {
+        let Some((at, keyframe, bytes)) = pes else {
+            return Ok(());
+        };
+        // 00 00 01 E0, length(2), flags(2), header length, PTS(5).
+        if bytes.len() < 14 || bytes[..3] != [0, 0, 1] || bytes[7] & 0x80 == 0 {
+            return Err(DemuxError::Pes(at));
+        }
+        let header_end = 9 + bytes[8] as usize;
+        if bytes.len() < header_end {
+            return Err(DemuxError::Pes(at));
+        }
+        let p = &bytes[9..14];
+        let pts = ((p[0] as u64 >> 1) & 0x07) << 30
+            | (p[1] as u64) << 22
+            | ((p[2] as u64) >> 1) << 15
+            | (p[3] as u64) << 7
+            | (p[4] as u64) >> 1;
+        frames.push(DemuxedFrame {
+            pts_90k: pts.wrapping_sub(PTS_OFFSET_90K) & TS_MASK_33,
+            keyframe,
+            annex_b: bytes[header_end..].to_vec(),
+        });
+        Ok(())
+    };
+    for (i, pkt) in ts.chunks_exact(PACKET_LEN).enumerate() {
+        let at = i * PACKET_LEN;
+        if pkt[0] != SYNC_BYTE {
+            return Err(DemuxError::Sync(at));
+        }
+        let pid = ((pkt[1] as u16 & 0x1F) << 8) | pkt[2] as u16;
+        if pid != VIDEO_PID {
+            continue;
+        }
+        let pusi = pkt[1] & 0x40 != 0;
+        let afc = (pkt[3] >> 4) & 0x03;
+        let mut body = &pkt[4..];
+        let mut random_access = false;
+        if afc & 0x02 != 0 {
+            let af_len = body[0] as usize;
+            if af_len > 0 {
+                random_access = body[1] & AF_RANDOM_ACCESS != 0;
+            }
+            body = body.get(1 + af_len..).unwrap_or_default();
+        }
+        if afc & 0x01 == 0 {
+            continue;
+        }
+        if pusi {
+            finish(pes.take(), &mut frames)?;
+            pes = Some((at, random_access, body.to_vec()));
+        } else if let Some((_, _, bytes)) = pes.as_mut() {
+            bytes.extend_from_slice(body);
+        }
+    }
+    finish(pes, &mut frames)?;
+    Ok(frames)
+}
+
 #[derive(Default)]
 struct Muxer {
     out: Vec<u8>,
@@ -538,6 +628,37 @@ mod tests {
         let p = parse(&mux_segment(&frames));
         assert_eq!(p.pts, [33_000, 93_000, 62_999]);
         assert_eq!(p.pcr, [near_wrap, 30_000, TS_MASK_33]);
+    }
+
+    #[test]
+    fn demux_reads_back_what_was_muxed() {
+        let bodies: Vec<Vec<u8>> = [1usize, 161, 162, 163, 345, 346, 2000]
+            .iter()
+            .map(|n| {
+                let mut b = vec![0, 0, 0, 1, 0x09, 0xF0, 0, 0, 0, 1, 0x65];
+                b.extend((0..*n).map(|i| (i % 251) as u8));
+                b
+            })
+            .collect();
+        let near_wrap = (1u64 << 33) - 6000;
+        let frames: Vec<TsFrame<'_>> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| TsFrame {
+                pts_90k: near_wrap + 3000 * i as u64,
+                keyframe: i % 3 == 0,
+                annex_b: b,
+            })
+            .collect();
+        let back = demux_segment(&mux_segment(&frames)).unwrap();
+        assert_eq!(back.len(), frames.len());
+        for (f, b) in frames.iter().zip(&back) {
+            assert_eq!(b.pts_90k, f.pts_90k & TS_MASK_33);
+            assert_eq!(b.keyframe, f.keyframe);
+            assert_eq!(b.annex_b, f.annex_b);
+        }
+        assert_eq!(demux_segment(&[0u8; 188]), Err(DemuxError::Sync(0)));
+        assert_eq!(demux_segment(&[0x47; 100]), Err(DemuxError::Length(100)));
     }
 
     #[test]
