@@ -9,6 +9,8 @@ pub mod consume;
 pub mod continuity;
 pub mod detect;
 pub mod fanout;
+pub mod http;
 pub mod infer;
+pub mod live;
 pub mod segmenter;
 pub mod stats;

@@ -90,13 +90,17 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { config } => {
             let cfg = load(&config)?;
+            let live = cfg.live.clone().map(camfleet_collector::live::LiveHub::new);
             if !cfg.http.listen.is_empty() {
-                let addr: std::net::SocketAddr = cfg.http.listen.parse()?;
-                metrics_exporter_prometheus::PrometheusBuilder::new()
-                    .with_http_listener(addr)
-                    .install()
-                    .with_context(|| format!("cannot serve /metrics on {addr}"))?;
+                let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .install_recorder()
+                    .context("cannot install the metrics recorder")?;
                 Stats::describe();
+                let served = camfleet_collector::http::Served {
+                    metrics,
+                    live: live.clone(),
+                };
+                camfleet_collector::http::start(&cfg.http, served).await?;
             }
             // The model is loaded before anything is consumed: a missing or
             // mismatched model stops the start with its cause.
@@ -107,6 +111,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                         inference, &cfg.kafka,
                     )?,
                 ));
+            }
+            if let Some(hub) = live {
+                camfleet_collector::live::start(hub, &cfg.kafka, &mut processors)?;
             }
             let archive = AnyArchive::open(&cfg.archive.root).await?;
             let stats = Arc::new(Stats::default());

@@ -38,3 +38,8 @@ JSONSCHEMA_VERSION=4.25.1
 SCIKIT_IMAGE_VERSION=0.26.0
 ULTRALYTICS_VERSION=8.4.190
 CAMFLEET_PHOTOS="$CAMFLEET_CACHE/photos"
+# The ops page's front end (hls.js, served by the collector) and the browser
+# driver the page's tests use (puppeteer-core; the browser is Debian's chromium).
+HLSJS_VERSION=1.7.4
+PUPPETEER_CORE_VERSION=24.40.0
+CAMFLEET_WEB="$CAMFLEET_CACHE/web"

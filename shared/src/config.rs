@@ -12,10 +12,12 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 mod kafka_security;
+mod web;
 pub use kafka_security::{
     is_sensitive_property, ClientProperties, KafkaSaslConfig, KafkaTlsConfig, SaslMechanism,
     Secret, SecurityProtocol,
 };
+pub use web::{HttpAuthConfig, HttpTlsConfig, LiveConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -701,6 +703,9 @@ pub struct CollectorConfig {
     /// Object detection on the video; absent = off.
     #[serde(default)]
     pub inference: Option<InferenceConfig>,
+    /// Live HLS per camera and the ops page (docs/live.md); absent = off.
+    #[serde(default)]
+    pub live: Option<LiveConfig>,
 }
 
 /// `[inference]`: run a detector on each camera's video and publish
@@ -852,9 +857,25 @@ const fn default_idle_flush_ms() -> u64 {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address for `/metrics` (Prometheus); empty disables the listener.
+    /// Address for `/metrics` (Prometheus), live HLS and the ops page;
+    /// empty disables the listener.
     #[serde(default = "default_http_listen")]
     pub listen: String,
+    /// Origins allowed to read video and APIs from other sites (CORS);
+    /// `["*"]` for any; empty = no CORS headers (same origin only).
+    #[serde(default)]
+    pub cors_allow_origins: Vec<String>,
+    /// Directory holding `hls.min.js` for the page (scripts/setup installs
+    /// it under ~/.cache/camfleet/web/node_modules/hls.js/dist); unset =
+    /// the page uses the browser's native HLS only.
+    #[serde(default)]
+    pub web_vendor_dir: Option<PathBuf>,
+    /// Credentials required on every route; absent = open.
+    #[serde(default)]
+    pub auth: Option<HttpAuthConfig>,
+    /// HTTPS with these files; absent = plain HTTP.
+    #[serde(default)]
+    pub tls: Option<HttpTlsConfig>,
 }
 
 fn default_http_listen() -> String {
@@ -865,6 +886,10 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: default_http_listen(),
+            cors_allow_origins: Vec::new(),
+            web_vendor_dir: None,
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -905,6 +930,18 @@ impl CollectorConfig {
         }
         if let Some(inference) = &self.inference {
             inference.validate()?;
+        }
+        if let Some(live) = &self.live {
+            live.validate()?;
+            if self.http.listen.is_empty() {
+                return Err(invalid(
+                    "live",
+                    "needs http.listen (the live view is served there)",
+                ));
+            }
+        }
+        if let Some(auth) = &self.http.auth {
+            auth.validate()?;
         }
         validate_listen("http.listen", &self.http.listen)
     }
