@@ -12,5 +12,6 @@ pub mod fanout;
 pub mod http;
 pub mod infer;
 pub mod live;
+pub mod playback;
 pub mod segmenter;
 pub mod stats;

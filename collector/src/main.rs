@@ -99,6 +99,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 let served = camfleet_collector::http::Served {
                     metrics,
                     live: live.clone(),
+                    playback: live
+                        .as_ref()
+                        .and_then(|_| camfleet_collector::playback::catalog_for(&cfg.archive.root)),
                 };
                 camfleet_collector::http::start(&cfg.http, served).await?;
             }

@@ -302,6 +302,82 @@ fn live_hls_plays_in_ffprobe_with_immutable_segments_parts_and_blocking_reload()
         .unwrap()
         .contains("GET"));
 
+    // Archive playback: a VOD playlist over the last minutes holds the
+    // archived segments in order; their frames are the camera's first
+    // frames, consecutive; ffprobe plays the playlist to the end.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let vod_path = format!(
+        "/archive/live/gate/index.m3u8?from={}&to={}",
+        now - 600,
+        now + 60
+    );
+    let vod = curl(&format!("{base}{vod_path}"), &[]);
+    assert_eq!(vod.status, 200, "{}", vod.text());
+    let vod_text = vod.text();
+    assert!(
+        vod_text.contains("#EXT-X-PLAYLIST-TYPE:VOD") && vod_text.ends_with("#EXT-X-ENDLIST\n")
+    );
+    assert!(!vod_text.contains("#EXT-X-DISCONTINUITY"), "{vod_text}");
+    let mut numbers = Vec::new();
+    let mut local = String::new();
+    for (i, uri) in segment_uris(&vod_text).iter().enumerate() {
+        let url = format!("{base}/archive/live/gate/{uri}");
+        let file = run.dir.path().join(format!("vod-{i}.ts"));
+        std::fs::write(&file, curl(&url, &[]).body).unwrap();
+        numbers.extend(frame_numbers(&file, 320, 192));
+        local.push_str(&format!("{}\n", file.display()));
+    }
+    assert!(numbers.len() >= 30, "{numbers:?}");
+    assert_eq!(numbers[0], 0);
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    let saved = run.dir.path().join("vod.m3u8");
+    let mut lines = Vec::new();
+    for l in vod_text.lines() {
+        lines.push(if l.starts_with("seg/") {
+            format!("{base}/archive/live/gate/{l}")
+        } else {
+            l.to_string()
+        });
+    }
+    std::fs::write(&saved, lines.join("\n") + "\n").unwrap();
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-protocol_whitelist", "file,http,tcp"])
+        .args(["-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&saved)
+        .output()
+        .expect("ffprobe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().next(),
+        Some(format!("h264,{}", numbers.len()).as_str()),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = curl(
+        &format!("{base}/archive/live/gate/index.m3u8?from=yesterday&to=1"),
+        &[],
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("`from`"), "{}", bad.text());
+    assert_eq!(
+        curl(
+            &format!("{base}/archive/live/gate/seg/2026/11/30/18/..%2F..%2Fx.ts"),
+            &[]
+        )
+        .status,
+        400
+    );
+    let _ = local;
+
     // /metrics stays on the same listener.
     let metrics = curl(&format!("{base}/metrics"), &[]).text();
     assert!(

@@ -221,6 +221,28 @@ fn live_page_plays_the_camera_in_chromium_via_hlsjs_and_native_hls_with_detectio
     );
     assert_played(&v, 4.0, "native");
 
+    // The archive of the last minutes, as VOD through hls.js.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let v = drive(
+        &format!(
+            "http://{addr}/?camera={CAMERA}&from={}&to={}",
+            now - 600,
+            now + 60
+        ),
+        "live-page-archive.png",
+        3,
+    );
+    assert_played(&v, 3.0, "hls.js");
+    // VOD starts at the archive's beginning: the camera's first frames.
+    assert!(
+        v["before"]["frameNumber"].as_u64().unwrap() < 15 * 10,
+        "{}",
+        v["before"]
+    );
+
     stop.store(true, Ordering::Relaxed);
     assert!(feeder.join().unwrap() > 0);
     let shot = artifacts().join("live-page-hlsjs.png");

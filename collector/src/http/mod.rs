@@ -6,6 +6,7 @@
 //! Routes are grouped per feature (`live_routes`, `page`); [`router`]
 //! joins them, so another feature adds its own group here and nothing else.
 
+pub mod archive_routes;
 pub mod auth;
 pub mod live_routes;
 pub mod page;
@@ -39,6 +40,8 @@ pub enum HttpError {
 pub struct Served {
     pub metrics: PrometheusHandle,
     pub live: Option<Arc<LiveHub>>,
+    /// Archive playback (HLS VOD); None = not offered.
+    pub playback: Option<archive_routes::Catalog>,
 }
 
 /// The running server.
@@ -83,6 +86,19 @@ pub fn router(config: &HttpConfig, served: Served) -> Result<Router, HttpError> 
         app = app
             .merge(live)
             .merge(page::routes(config.web_vendor_dir.clone()));
+    }
+    if let Some(catalog) = served.playback {
+        let archive = Router::new()
+            .route(
+                "/archive/{site}/{camera}/index.m3u8",
+                get(archive_routes::playlist),
+            )
+            .route(
+                "/archive/{site}/{camera}/seg/{y}/{m}/{d}/{h}/{file}",
+                get(archive_routes::segment),
+            )
+            .with_state(catalog);
+        app = app.merge(archive);
     }
     let creds = match &config.auth {
         Some(a) => Some(Arc::new(auth::Credentials::load(a, config.tls.is_some())?)),
