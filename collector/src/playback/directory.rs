@@ -17,10 +17,13 @@ use std::sync::Mutex;
 pub const MAX_RANGE_US: u64 = 24 * 3600 * 1_000_000;
 const HOUR_US: u64 = 3600 * 1_000_000;
 
+/// (first PTS, last PTS, frames) of a segment, from [`ts_scan::scan`].
+type Timing = (u64, u64, u64);
+
 pub struct DirectoryCatalog {
     root: PathBuf,
-    /// path -> (len, mtime, (first pts, last pts, frames))
-    scanned: Mutex<HashMap<PathBuf, (u64, u128, (u64, u64, u64))>>,
+    /// path -> (len, mtime, timing): a file is scanned again only if it changed.
+    scanned: Mutex<HashMap<PathBuf, (u64, u128, Timing)>>,
 }
 
 impl DirectoryCatalog {
