@@ -1224,4 +1224,30 @@ root = "hdfs://127.0.0.1:19020/camfleet"
         let e = CollectorConfig::from_toml(&s3).unwrap_err().to_string();
         assert!(e.contains("archive.root"), "{e}");
     }
+
+    #[test]
+    fn live_and_http_access_settings_are_checked_with_the_field_named() {
+        let ok = format!("{COLLECTOR}[live]\n[http.auth]\ntoken_file = \"/etc/t\"\n");
+        let c = CollectorConfig::from_toml(&ok).unwrap();
+        let live = c.live.unwrap();
+        assert_eq!((live.playlist_segments, live.part_target_ms), (6, 200));
+        assert_eq!(live.detections_topic, "camfleet.detections.v1");
+        for (toml, want) in [
+            ("[live]\npart_target_ms = 20\n", "live.part_target_ms"),
+            ("[live]\nplaylist_segments = 1\n", "live.playlist_segments"),
+            ("[live]\nblock_timeout_ms = 5\n", "live.block_timeout_ms"),
+            ("[live]\nsegments = 3\n", "unknown field `segments`"),
+            ("[http.auth]\n", "http.auth: needs token_file or users_file"),
+            (
+                "[http.tls]\ncert_file = \"c.pem\"\n",
+                "missing field `key_file`",
+            ),
+            ("[http]\nlisten = \"\"\n[live]\n", "live: needs http.listen"),
+        ] {
+            let e = CollectorConfig::from_toml(&format!("{COLLECTOR}{toml}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
+    }
 }
