@@ -521,3 +521,101 @@ fn live_auth_without_credentials_gets_401_and_nothing_else_over_tls() {
     let untrusted = curl(&format!("{base}{PLAYLIST}"), &["-H", &bearer]);
     assert_eq!(untrusted.status, 0);
 }
+
+/// Two camera ids librdkafka's default partitioner (CRC-32 of the key)
+/// puts on partitions 0 and 1 of a two-partition topic.
+fn cameras_on_both_partitions() -> (String, String) {
+    let on = |p: u32| {
+        (0..)
+            .map(|i| format!("two/cam{i}"))
+            .find(|id| crc32fast::hash(id.as_bytes()) % 2 == p)
+            .unwrap()
+    };
+    (on(0), on(1))
+}
+
+fn cameras_here(base: &str) -> Vec<String> {
+    let r = curl(&format!("{base}/api/cameras"), &[]);
+    serde_json::from_slice::<serde_json::Value>(&r.body)
+        .ok()
+        .and_then(|v| {
+            v["cameras"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|c| c["camera"].as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn live_two_collectors_each_serve_their_partitions_cameras_and_one_takes_over() {
+    let run = Scenario::new("livetwo", 2);
+    let (c0, c1) = cameras_on_both_partitions();
+    let addrs = [free_local_addr(), free_local_addr()];
+    let bases: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let mut collectors: Vec<Option<Proc>> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let config = live_collector_config(
+                &run,
+                &format!("[http]\nlisten = \"{a}\""),
+                "[live]\ndetections_topic = \"\"",
+            );
+            Some(run.spawn(&format!("collector-{i}"), "camfleet-collector", &config))
+        })
+        .collect();
+    let cams = [c0.clone(), c1.clone()];
+    let _agents: Vec<Proc> = cams
+        .iter()
+        .map(|id| run.agent(&PatternCamera { id, ..camera() }, ""))
+        .collect();
+    // The group gives each instance one partition, so one camera each.
+    let mut owner = [0usize; 2];
+    wait_until(
+        Duration::from_secs(60),
+        "each instance serving one camera",
+        || {
+            let here: Vec<Vec<String>> = bases.iter().map(|b| cameras_here(b)).collect();
+            if here.iter().any(|h| h.len() != 1) {
+                return false;
+            }
+            for (k, cam) in cams.iter().enumerate() {
+                match here.iter().position(|h| h.contains(cam)) {
+                    Some(i) => owner[k] = i,
+                    None => return false,
+                }
+            }
+            owner[0] != owner[1]
+        },
+    );
+    for (k, cam) in cams.iter().enumerate() {
+        let path = format!("/live/{cam}/index.m3u8");
+        let mine = &bases[owner[k]];
+        let other = &bases[1 - owner[k]];
+        wait_until(Duration::from_secs(20), "owner's playlist", || {
+            curl(&format!("{mine}{path}"), &[]).status == 200
+        });
+        let r = curl(&format!("{other}{path}"), &[]);
+        assert_eq!(r.status, 404, "{}", r.text());
+        let hint: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(hint["cameras_here"], serde_json::json!([cams[1 - k]]));
+    }
+    // SIGKILL the owner of the first camera: the other instance serves both
+    // once the group has moved the partition (session timeout 6 s).
+    let survivor = 1 - owner[0];
+    collectors[owner[0]].take().unwrap().signal("KILL");
+    for cam in &cams {
+        let path = format!("/live/{cam}/index.m3u8");
+        wait_until(
+            Duration::from_secs(60),
+            "the survivor serving both cameras",
+            || {
+                let r = curl(&format!("{}{path}", bases[survivor]), &[]);
+                r.status == 200 && r.text().contains("#EXTINF")
+            },
+        );
+    }
+    drop(collectors);
+}
