@@ -110,7 +110,7 @@ pub async fn run(kafka: &Kafka, args: Args, results: Option<&Path>) -> anyhow::R
             "viewers",
             "requests/s",
             "MB/s served",
-            "parts late or missing",
+            "hinted parts not made (GOP ended first)",
             "collector CPU, % of a core",
             "per viewer above 0 viewers",
         ],
@@ -269,19 +269,35 @@ detections_topic = ""
     }
     drop(procs);
 
-    // Frame number -> capture time. The paced test pattern numbers its
-    // frames from 0 and a fresh agent numbers records from 0; a frame the
-    // capture thread dropped would shift them, so that is checked.
-    let captures = tokio::task::block_in_place(|| capture_times(bootstrap, topic))?;
-    let summary = std::fs::read_to_string(dir.join("agent.log.json")).unwrap_or_default();
-    let dropped = summary
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["frames_dropped_busy"].as_u64())
-        .sum::<u64>();
-    if dropped > 0 {
-        bail!("the agent dropped {dropped} captured frames: frame numbers no longer match sequence numbers; rerun on a quieter machine");
+    // Frame number -> capture time. Only encoded frames get sequence
+    // numbers (the capture thread drops frames when the encoder is busy),
+    // so the archive is decoded (ffmpeg) and each picture's barcode read:
+    // the k-th archived picture is the k-th record in sequence order.
+    let by_seq = tokio::task::block_in_place(|| capture_times(bootstrap, topic))?;
+    let numbers = tokio::task::block_in_place(|| archived_frame_numbers(&dir.join("archive")))?;
+    let mut seqs: Vec<(u64, u64)> = by_seq.into_iter().collect();
+    seqs.sort_unstable();
+    // Both start at the camera's first frame; the agent and the collector
+    // are stopped together, so the archive may lack the last records'
+    // pictures. Pictures and records are matched from the start; a picture
+    // missing in between would show as frame numbers that do not increase.
+    if numbers.len() > seqs.len()
+        || seqs.len() - numbers.len() > FPS as usize * 2
+        || !numbers
+            .windows(2)
+            .all(|w| matches!((w[0], w[1]), (Some(a), Some(b)) if b > a))
+    {
+        bail!(
+            "{} pictures in the archive, {} records on Kafka: frame numbers cannot be matched",
+            numbers.len(),
+            seqs.len()
+        );
     }
+    let captures: HashMap<u64, u64> = numbers
+        .iter()
+        .zip(&seqs)
+        .filter_map(|(n, (_, cap))| Some(((*n)?, *cap)))
+        .collect();
     let latency = samples
         .into_iter()
         .map(|(name, path, points)| {
@@ -296,6 +312,59 @@ detections_topic = ""
         })
         .collect();
     Ok((latency, load))
+}
+
+/// The test-pattern frame number of every picture in an archive
+/// directory, in archive (= sequence) order, decoded by ffmpeg.
+fn archived_frame_numbers(root: &Path) -> anyhow::Result<Vec<Option<u64>>> {
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "ts")
+                && !e.file_name().to_string_lossy().starts_with('.')
+            {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let list = root.join("concat.txt");
+    std::fs::write(
+        &list,
+        files
+            .iter()
+            .map(|f| format!("file '{}'\n", f.display()))
+            .collect::<String>(),
+    )?;
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-f", "concat", "-safe", "0", "-i"])
+        .arg(&list)
+        // passthrough: one picture out per picture in (no duplicates filling
+        // the media-time gaps the agent's dropped frames left).
+        .args([
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "gray",
+            "-",
+        ])
+        .output()
+        .context("ffmpeg decodes the archive")?;
+    if !out.status.success() {
+        bail!("ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (w, h) = (1280usize, 720usize);
+    Ok(out
+        .stdout
+        .chunks_exact(w * h)
+        .map(|y| camfleet_agent::source::test_pattern::read_frame_number(y, w as u32, w))
+        .collect())
 }
 
 /// Sequence number -> capture time (µs) of every record of `topic`.
