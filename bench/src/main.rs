@@ -15,6 +15,7 @@ mod fleet;
 mod inference;
 mod kafka;
 mod latency;
+mod live;
 mod measure;
 mod producer;
 mod quality;
@@ -75,6 +76,26 @@ enum Section {
         /// The collector binary; default: camfleet-collector next to this binary.
         #[arg(long)]
         collector: Option<PathBuf>,
+    },
+    /// Live view: glass-to-glass latency in headless chromium (LL-HLS, plain HLS, hls.js defaults, native) and collector CPU per live viewer.
+    Live {
+        /// Seconds of latency samples per playback mode.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Seconds per viewer-count step.
+        #[arg(long, default_value_t = 15)]
+        viewer_seconds: u64,
+        /// Viewer counts, comma-separated (0 = baseline).
+        #[arg(long, value_delimiter = ',', default_values_t = vec![0, 1, 10, 50])]
+        viewers: Vec<usize>,
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// The page driver (tests/browser/live_page.cjs).
+        #[arg(long)]
+        driver: PathBuf,
+        /// hls.js and puppeteer-core ($CAMFLEET_WEB).
+        #[arg(long)]
+        web: PathBuf,
     },
     /// Encoder CPU cost (fps per core) and PSNR: agent pipeline, bare openh264, ffmpeg libx264.
     Encode {
@@ -391,6 +412,29 @@ async fn main() -> anyhow::Result<()> {
                 work,
             };
             spool::run(&kafka, args, results).await
+        }
+        Section::Live {
+            seconds,
+            viewer_seconds,
+            viewers,
+            agent,
+            driver,
+            web,
+        } => {
+            let kafka = kafka::Kafka::from_env()?;
+            let agent = default_agent(agent)?;
+            let collector = agent.with_file_name("camfleet-collector");
+            let args = live::Args {
+                seconds,
+                viewer_seconds,
+                viewers,
+                agent,
+                collector,
+                driver,
+                web,
+                work,
+            };
+            live::run(&kafka, args, results).await
         }
         Section::Inference {
             clip,

@@ -130,6 +130,22 @@ pub fn consumer_config(config: &CollectorKafkaConfig) -> Result<ClientConfig, Co
     Ok(c)
 }
 
+/// A consumer that only watches a topic from its newest records on (the
+/// live view's detections): its own group, never committing.
+pub fn watcher_config(
+    config: &CollectorKafkaConfig,
+    group_id: &str,
+    client_id: &str,
+) -> Result<ClientConfig, ConfigError> {
+    let mut c = ClientConfig::new();
+    c.set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest")
+        .set("client.id", client_id);
+    apply_connection(&mut c, config)?;
+    Ok(c)
+}
+
 pub fn dead_letter_producer_config(
     config: &CollectorKafkaConfig,
 ) -> Result<ClientConfig, ConfigError> {

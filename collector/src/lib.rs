@@ -11,6 +11,8 @@ pub mod detect;
 pub mod fanout;
 pub mod http;
 pub mod infer;
+pub mod live;
+pub mod playback;
 pub mod segmenter;
 pub mod service;
 pub mod stats;

@@ -96,20 +96,21 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => {
             let cfg = load(&config)?;
             let service = Arc::new(ServiceState::from_env());
+            let live = cfg.live.clone().map(camfleet_collector::live::LiveHub::new);
             if !cfg.http.listen.is_empty() {
-                let addr: std::net::SocketAddr = cfg.http.listen.parse()?;
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot serve /metrics on {addr}"))?;
                 let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
                     .install_recorder()
-                    .context("metrics recorder")?;
+                    .context("cannot install the metrics recorder")?;
                 Stats::describe();
-                tokio::spawn(camfleet_collector::http::serve(
-                    listener,
+                let served = camfleet_collector::http::Served {
                     metrics,
-                    service.clone(),
-                ));
+                    service: service.clone(),
+                    live: live.clone(),
+                    playback: live
+                        .as_ref()
+                        .and_then(|_| camfleet_collector::playback::catalog_for(&cfg.archive.root)),
+                };
+                camfleet_collector::http::start(&cfg.http, served).await?;
             }
             // The model is loaded before anything is consumed: a missing or
             // mismatched model stops the start with its cause.
@@ -120,6 +121,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                         inference, &cfg.kafka,
                     )?,
                 ));
+            }
+            if let Some(hub) = live {
+                camfleet_collector::live::start(hub, &cfg.kafka, &mut processors)?;
             }
             let archive = AnyArchive::open(&cfg.archive.root).await?;
             let stats = Arc::new(Stats::default());

@@ -49,3 +49,8 @@ KUBECTL_VALIDATE_VERSION=v0.0.4
 KUBECTL_VALIDATE="$CAMFLEET_CACHE/kubectl-validate-$KUBECTL_VALIDATE_VERSION/kubectl-validate"
 CARGO_DEB_VERSION=3.8.0
 CARGO_DEB="$CAMFLEET_CACHE/cargo-deb-$CARGO_DEB_VERSION/bin/cargo-deb"
+# The ops page's front end (hls.js, served by the collector) and the browser
+# driver the page's tests use (puppeteer-core; the browser is Debian's chromium).
+HLSJS_VERSION=1.7.4
+PUPPETEER_CORE_VERSION=24.40.0
+CAMFLEET_WEB="$CAMFLEET_CACHE/web"

@@ -13,11 +13,13 @@ use std::path::PathBuf;
 
 mod archive_retention;
 mod kafka_security;
+mod web;
 pub use archive_retention::{CameraRetention, RetentionConfig};
 pub use kafka_security::{
     is_sensitive_property, ClientProperties, KafkaSaslConfig, KafkaTlsConfig, SaslMechanism,
     Secret, SecurityProtocol,
 };
+pub use web::{HttpAuthConfig, HttpTlsConfig, LiveConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -760,6 +762,9 @@ pub struct CollectorConfig {
     /// Object detection on the video; absent = off.
     #[serde(default)]
     pub inference: Option<InferenceConfig>,
+    /// Live HLS per camera and the ops page (docs/live.md); absent = off.
+    #[serde(default)]
+    pub live: Option<LiveConfig>,
 }
 
 /// `[inference]`: run a detector on each camera's video and publish
@@ -914,9 +919,25 @@ const fn default_idle_flush_ms() -> u64 {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address for `/metrics` (Prometheus); empty disables the listener.
+    /// Address for `/metrics` (Prometheus), live HLS and the ops page;
+    /// empty disables the listener.
     #[serde(default = "default_http_listen")]
     pub listen: String,
+    /// Origins allowed to read video and APIs from other sites (CORS);
+    /// `["*"]` for any; empty = no CORS headers (same origin only).
+    #[serde(default)]
+    pub cors_allow_origins: Vec<String>,
+    /// Directory holding `hls.min.js` for the page (scripts/setup installs
+    /// it under ~/.cache/camfleet/web/node_modules/hls.js/dist); unset =
+    /// the page uses the browser's native HLS only.
+    #[serde(default)]
+    pub web_vendor_dir: Option<PathBuf>,
+    /// Credentials required on every route; absent = open.
+    #[serde(default)]
+    pub auth: Option<HttpAuthConfig>,
+    /// HTTPS with these files; absent = plain HTTP.
+    #[serde(default)]
+    pub tls: Option<HttpTlsConfig>,
 }
 
 fn default_http_listen() -> String {
@@ -927,6 +948,10 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: default_http_listen(),
+            cors_allow_origins: Vec::new(),
+            web_vendor_dir: None,
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -968,6 +993,18 @@ impl CollectorConfig {
         self.archive.retention.validate()?;
         if let Some(inference) = &self.inference {
             inference.validate()?;
+        }
+        if let Some(live) = &self.live {
+            live.validate()?;
+            if self.http.listen.is_empty() {
+                return Err(invalid(
+                    "live",
+                    "needs http.listen (the live view is served there)",
+                ));
+            }
+        }
+        if let Some(auth) = &self.http.auth {
+            auth.validate()?;
         }
         validate_listen("http.listen", &self.http.listen)
     }
@@ -1249,5 +1286,31 @@ root = "hdfs://127.0.0.1:19020/camfleet"
         let s3 = COLLECTOR.replace("hdfs://", "s3://");
         let e = CollectorConfig::from_toml(&s3).unwrap_err().to_string();
         assert!(e.contains("archive.root"), "{e}");
+    }
+
+    #[test]
+    fn live_and_http_access_settings_are_checked_with_the_field_named() {
+        let ok = format!("{COLLECTOR}[live]\n[http.auth]\ntoken_file = \"/etc/t\"\n");
+        let c = CollectorConfig::from_toml(&ok).unwrap();
+        let live = c.live.unwrap();
+        assert_eq!((live.playlist_segments, live.part_target_ms), (6, 200));
+        assert_eq!(live.detections_topic, "camfleet.detections.v1");
+        for (toml, want) in [
+            ("[live]\npart_target_ms = 20\n", "live.part_target_ms"),
+            ("[live]\nplaylist_segments = 1\n", "live.playlist_segments"),
+            ("[live]\nblock_timeout_ms = 5\n", "live.block_timeout_ms"),
+            ("[live]\nsegments = 3\n", "unknown field `segments`"),
+            ("[http.auth]\n", "http.auth: needs token_file or users_file"),
+            (
+                "[http.tls]\ncert_file = \"c.pem\"\n",
+                "missing field `key_file`",
+            ),
+            ("[http]\nlisten = \"\"\n[live]\n", "live: needs http.listen"),
+        ] {
+            let e = CollectorConfig::from_toml(&format!("{COLLECTOR}{toml}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
     }
 }

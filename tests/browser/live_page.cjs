@@ -1,0 +1,110 @@
+// Drives Debian's chromium (headless, real time) through the DevTools
+// protocol with puppeteer-core: opens the collector's page, waits until the
+// camera's video plays, samples it twice `seconds` apart and saves a
+// screenshot. Prints one JSON line: {before, after, samples}.
+//
+//   node live_page.cjs URL CAMERA SCREENSHOT SECONDS [TOKEN]
+//
+// Each sample: which path played (hls.js or native), currentTime, decoded
+// frames, the picture's luma statistics (through a canvas), the test
+// pattern's frame number read from the barcode, overlay boxes drawn.
+"use strict";
+const os = require("os");
+const path = require("path");
+const web = process.env.CAMFLEET_WEB || path.join(os.homedir(), ".cache/camfleet/web");
+const puppeteer = require(path.join(web, "node_modules/puppeteer-core"));
+
+const [url, camera, screenshot, seconds, token] = process.argv.slice(2);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function sample(cam) {
+  const p = window.camfleet.players[cam];
+  const v = p.video;
+  const q = v.getVideoPlaybackQuality();
+  const c = document.createElement("canvas");
+  c.width = v.videoWidth;
+  c.height = v.videoHeight;
+  const ctx = c.getContext("2d");
+  ctx.drawImage(v, 0, 0);
+  const d = ctx.getImageData(0, 0, c.width, c.height).data;
+  let sum = 0, sq = 0, n = 0;
+  for (let i = 0; i < d.length; i += 4 * 7) {
+    const y = 0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2];
+    sum += y; sq += y * y; n++;
+  }
+  const mean = sum / n;
+  // The test pattern's barcode (agent/src/source/test_pattern.rs): 32
+  // blocks of `block` px from x = 2, y = 2; dark = 1.
+  const block = Math.max(4, Math.floor(Math.floor(c.width * 4 / 5) / 32)) & ~1;
+  let frame = 0, readable = true;
+  for (let bit = 0; bit < 32; bit++) {
+    const x0 = 2 + bit * block, lo = block / 4, hi = block - block / 4;
+    let s = 0, k = 0;
+    for (let row = 2 + lo; row < 2 + hi; row++)
+      for (let col = x0 + lo; col < x0 + hi; col++) {
+        const i = (row * c.width + col) * 4;
+        s += 0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]; k++;
+      }
+    const m = s / k;
+    if (m > 90 && m < 160) readable = false;
+    frame = frame * 2 + (m <= 90 ? 1 : 0);
+  }
+  return {
+    path: p.path,
+    now_ms: Date.now(),
+    currentTime: v.currentTime,
+    frames: q.totalVideoFrames,
+    dropped: q.droppedVideoFrames,
+    width: v.videoWidth,
+    height: v.videoHeight,
+    meanLuma: mean,
+    stdLuma: Math.sqrt(Math.max(0, sq / n - mean * mean)),
+    frameNumber: readable ? frame : null,
+    boxesDrawn: window.camfleet.boxesDrawn,
+    detectionsAvailable: window.camfleet.detectionsAvailable,
+    errors: window.camfleet.errors,
+    lowLatencyMode: p.hls ? p.hls.config.lowLatencyMode : null,
+    hlsjsLatencyMs: p.hls && p.hls.playingDate ? Date.now() - p.hls.playingDate.getTime() : null,
+  };
+}
+
+(async () => {
+  const browser = await puppeteer.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required", "--mute-audio"],
+  });
+  const logs = [];
+  try {
+    const page = await browser.newPage();
+    page.on("console", (m) => logs.push(m.text()));
+    page.on("pageerror", (e) => logs.push("pageerror: " + e.message));
+    await page.setViewport({ width: 960, height: 640 });
+    const origin = new URL(url).origin;
+    if (token) {
+      const r = await page.goto(origin + "/login?token=" + encodeURIComponent(token));
+      if (!r.ok()) throw new Error("login: " + r.status());
+    }
+    await page.goto(url, { waitUntil: "load", timeout: 20000 });
+    await page.waitForFunction(
+      (cam) => window.camfleet && window.camfleet.players[cam] && window.camfleet.players[cam].video.currentTime > 0,
+      { timeout: 40000, polling: 100 },
+      camera,
+    );
+    const before = await page.evaluate(sample, camera);
+    const samples = [];
+    const end = Date.now() + Number(seconds) * 1000;
+    while (Date.now() < end) {
+      await sleep(100);
+      samples.push(await page.evaluate(sample, camera));
+    }
+    const after = await page.evaluate(sample, camera);
+    await page.screenshot({ path: screenshot });
+    console.log(JSON.stringify({ before, after, samples, logs }));
+  } catch (e) {
+    console.log(JSON.stringify({ error: String(e), logs }));
+    process.exitCode = 1;
+  } finally {
+    await browser.close();
+  }
+})();

@@ -1,0 +1,621 @@
+//! Live view end to end: agent (paced test pattern, 1 s GOPs) -> Kafka ->
+//! collector `[live]` -> HTTP. Independent peers check what is served:
+//! curl (HTTP, headers, TLS), ffprobe (reads the live playlist as a player
+//! would), ffmpeg (decodes a segment; the test pattern's frame numbers say
+//! which frames it holds).
+
+use camfleet_tests::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CAMERA: &str = "live/gate";
+const PLAYLIST: &str = "/live/live/gate/index.m3u8";
+
+/// A response as curl saw it.
+struct Resp {
+    status: u16,
+    headers: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// GET with curl (an independent HTTP client); `extra` are curl options.
+fn curl(url: &str, extra: &[&str]) -> Resp {
+    let dir = tempfile::tempdir().unwrap();
+    let (h, b) = (dir.path().join("h"), dir.path().join("b"));
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "15", "-D"])
+        .arg(&h)
+        .arg("-o")
+        .arg(&b)
+        .args(["-w", "%{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl is installed by scripts/setup");
+    let status = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    Resp {
+        status,
+        headers: std::fs::read_to_string(&h).unwrap_or_default(),
+        body: std::fs::read(&b).unwrap_or_default(),
+    }
+}
+
+/// The scenario's collector config with `http` and `[live]` tables.
+fn live_collector_config(run: &Scenario, http: &str, live: &str) -> String {
+    let root = run.dir.path().join("archive");
+    run.collector_config(root.to_str().unwrap())
+        .replace("[http]\nlisten = \"\"\n", &format!("{http}\n{live}\n"))
+}
+
+fn camera() -> PatternCamera<'static> {
+    PatternCamera {
+        id: CAMERA,
+        width: 320,
+        height: 192,
+        // keyframe_interval_frames = 15 in the test agent config: 1 s GOPs.
+        fps: 15,
+        frames: 15 * 60,
+        paced: true,
+    }
+}
+
+/// Waits until the playlist lists at least `segments` whole segments.
+fn wait_for_segments(base: &str, extra: &[&str], segments: usize) -> String {
+    let mut last = String::new();
+    wait_until(Duration::from_secs(45), "live segments", || {
+        let r = curl(&format!("{base}{PLAYLIST}"), extra);
+        last = r.text();
+        r.status == 200 && last.matches("#EXTINF").count() >= segments
+    });
+    last
+}
+
+fn segment_uris(playlist: &str) -> Vec<String> {
+    playlist
+        .lines()
+        .filter(|l| l.starts_with("seg/"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn part_uris(playlist: &str, segment_name: &str) -> Vec<String> {
+    let prefix = "#EXT-X-PART:";
+    playlist
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.split("URI=\"").nth(1)?.split('"').next())
+        .filter(|u| u.starts_with(&format!("part/{segment_name}.")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn live_hls_plays_in_ffprobe_with_immutable_segments_parts_and_blocking_reload() {
+    let run = Scenario::new("live", 1);
+    let addr = free_local_addr();
+    let base = format!("http://{addr}");
+    let config = live_collector_config(
+        &run,
+        &format!("[http]\nlisten = \"{addr}\"\ncors_allow_origins = [\"https://ops.example\"]"),
+        "[live]\nplaylist_segments = 4\npart_target_ms = 200\ndetections_topic = \"\"",
+    );
+    let _collector = run.spawn("collector", "camfleet-collector", &config);
+    let _agent = run.agent(&camera(), "");
+    let playlist = wait_for_segments(&base, &[], 3);
+
+    // The playlist: LL-HLS tags, short cache lifetime.
+    let r = curl(&format!("{base}{PLAYLIST}"), &[]);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/vnd.apple.mpegurl")
+    );
+    assert_eq!(r.header("cache-control").as_deref(), Some("max-age=1"));
+    for tag in [
+        "#EXT-X-TARGETDURATION:1",
+        "#EXT-X-PART-INF:PART-TARGET=0.200",
+        "CAN-BLOCK-RELOAD=YES",
+        "#EXT-X-PROGRAM-DATE-TIME:",
+        "#EXT-X-PRELOAD-HINT:TYPE=PART",
+    ] {
+        assert!(playlist.contains(tag), "{tag} missing:\n{playlist}");
+    }
+    assert!(
+        segment_uris(&playlist).len() <= 4,
+        "window of 4:\n{playlist}"
+    );
+
+    // ffprobe reads the live stream through the playlist.
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,width,height",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(format!("{base}{PLAYLIST}"))
+        .output()
+        .expect("ffprobe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.lines().next(), Some("h264,320,192"), "{text}");
+
+    // A whole segment: one GOP (15 consecutive frames from an IDR), with a
+    // strong validator and a long, immutable cache lifetime.
+    let seg = segment_uris(&playlist)[1].clone();
+    let name = seg
+        .trim_start_matches("seg/")
+        .trim_end_matches(".ts")
+        .to_string();
+    let seg_url = format!("{base}/live/live/gate/{seg}");
+    let r = curl(&seg_url, &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type").as_deref(), Some("video/mp2t"));
+    assert_eq!(
+        r.header("cache-control").as_deref(),
+        Some("public, max-age=31536000, immutable")
+    );
+    let etag = r.header("etag").expect("etag");
+    assert!(etag.starts_with('"') && !etag.starts_with("W/"), "{etag}");
+    let file = run.dir.path().join("seg.ts");
+    std::fs::write(&file, &r.body).unwrap();
+    let numbers = frame_numbers(&file, 320, 192);
+    assert_eq!(numbers.len(), 15, "{numbers:?}");
+    assert_eq!(numbers[0] % 15, 0, "starts at an IDR: {numbers:?}");
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    let again = curl(&seg_url, &["-H", &format!("If-None-Match: {etag}")]);
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+
+    // Its parts, fetched one by one, are the segment's bytes.
+    let playlist = curl(&format!("{base}{PLAYLIST}"), &[]).text();
+    let last_seg = segment_uris(&playlist).last().unwrap().clone();
+    let last_name = last_seg.trim_start_matches("seg/").trim_end_matches(".ts");
+    let parts = part_uris(&playlist, last_name);
+    assert_eq!(
+        parts.len(),
+        5,
+        "15 frames at 15 fps in 200 ms parts: 3+3+3+3+3\n{playlist}"
+    );
+    let mut joined = Vec::new();
+    for p in &parts {
+        joined.extend(curl(&format!("{base}/live/live/gate/{p}"), &[]).body);
+    }
+    assert_eq!(
+        joined,
+        curl(&format!("{base}/live/live/gate/{last_seg}"), &[]).body
+    );
+
+    // Blocking reload: asking for the part after the preload hint's answers
+    // once it exists, and the preload-hinted part itself is waited for.
+    let hint = playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let seq_line = playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+        .unwrap();
+    let open_msn: u64 = seq_line.parse::<u64>().unwrap() + segment_uris(&playlist).len() as u64;
+    let t0 = Instant::now();
+    let hinted = curl(&format!("{base}/live/live/gate/{hint}"), &[]);
+    assert_eq!(hinted.status, 200, "{}", hinted.text());
+    assert!(hinted.body.len().is_multiple_of(188) && !hinted.body.is_empty());
+    let blocked = curl(
+        &format!("{base}{PLAYLIST}?_HLS_msn={}&_HLS_part=0", open_msn + 1),
+        &[],
+    );
+    assert_eq!(blocked.status, 200);
+    // The answer holds part 0 of segment open_msn + 1: segment open_msn is
+    // closed, and the next one has a part listed (or is closed too).
+    let text = blocked.text();
+    let first: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let closed = segment_uris(&text).len() as u64;
+    let after_last = text.rsplit("seg/").next().unwrap();
+    assert!(
+        first + closed > open_msn + 1
+            || (first + closed == open_msn + 1 && after_last.contains("#EXT-X-PART:")),
+        "asked for part 0 of {}:\n{text}",
+        open_msn + 1
+    );
+    let waited = t0.elapsed();
+    // The next segment starts within a GOP (1 s) plus a part; far below the
+    // 6 s block timeout, which would mean the wait never woke up.
+    assert!(waited < Duration::from_secs(5), "blocked {waited:?}");
+    let far = curl(&format!("{base}{PLAYLIST}?_HLS_msn={}", open_msn + 10), &[]);
+    assert_eq!(far.status, 400);
+
+    // A camera not consumed here: 404 with a hint.
+    let other = curl(&format!("{base}/live/other/cam/index.m3u8"), &[]);
+    assert_eq!(other.status, 404);
+    let hint: serde_json::Value = serde_json::from_slice(&other.body).unwrap();
+    assert!(hint["hint"].as_str().unwrap().contains("partition"));
+    assert_eq!(hint["cameras_here"], serde_json::json!([CAMERA]));
+    assert_eq!(
+        curl(&format!("{base}/live/live/gate/seg/0-999999.ts"), &[]).status,
+        404
+    );
+
+    // Health, as the page shows it.
+    let cams: serde_json::Value =
+        serde_json::from_slice(&curl(&format!("{base}/api/cameras"), &[]).body).unwrap();
+    let cam = &cams["cameras"][0];
+    assert_eq!(cam["camera"], CAMERA);
+    let fps = cam["health"]["fps"].as_f64().unwrap();
+    assert!((10.0..20.0).contains(&fps), "fps {fps}");
+    assert_eq!(cam["health"]["gaps"], 0);
+    assert_eq!(cam["health"]["width"], 320);
+    assert!(cam["last_frame_age_ms"].as_u64().unwrap() < 2000, "{cam}");
+    assert_eq!(cams["detections_available"], false);
+
+    // CORS for the configured origin only; preflight answered.
+    let allowed = curl(&seg_url, &["-H", "Origin: https://ops.example"]);
+    assert_eq!(
+        allowed.header("access-control-allow-origin").as_deref(),
+        Some("https://ops.example")
+    );
+    let foreign = curl(&seg_url, &["-H", "Origin: https://evil.example"]);
+    assert_eq!(foreign.header("access-control-allow-origin"), None);
+    let preflight = curl(
+        &seg_url,
+        &[
+            "-X",
+            "OPTIONS",
+            "-H",
+            "Origin: https://ops.example",
+            "-H",
+            "Access-Control-Request-Method: GET",
+        ],
+    );
+    assert_eq!(preflight.status, 204);
+    assert!(preflight
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("GET"));
+
+    // Archive playback: a VOD playlist over the last minutes holds the
+    // archived segments in order; their frames are the camera's first
+    // frames, consecutive; ffprobe plays the playlist to the end.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let vod_path = format!(
+        "/archive/live/gate/index.m3u8?from={}&to={}",
+        now - 600,
+        now + 60
+    );
+    let vod = curl(&format!("{base}{vod_path}"), &[]);
+    assert_eq!(vod.status, 200, "{}", vod.text());
+    let vod_text = vod.text();
+    assert!(
+        vod_text.contains("#EXT-X-PLAYLIST-TYPE:VOD") && vod_text.ends_with("#EXT-X-ENDLIST\n")
+    );
+    assert!(!vod_text.contains("#EXT-X-DISCONTINUITY"), "{vod_text}");
+    let mut numbers = Vec::new();
+    let mut local = String::new();
+    for (i, uri) in segment_uris(&vod_text).iter().enumerate() {
+        let url = format!("{base}/archive/live/gate/{uri}");
+        let file = run.dir.path().join(format!("vod-{i}.ts"));
+        std::fs::write(&file, curl(&url, &[]).body).unwrap();
+        numbers.extend(frame_numbers(&file, 320, 192));
+        local.push_str(&format!("{}\n", file.display()));
+    }
+    assert!(numbers.len() >= 30, "{numbers:?}");
+    assert_eq!(numbers[0], 0);
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    let saved = run.dir.path().join("vod.m3u8");
+    let mut lines = Vec::new();
+    for l in vod_text.lines() {
+        lines.push(if l.starts_with("seg/") {
+            format!("{base}/archive/live/gate/{l}")
+        } else {
+            l.to_string()
+        });
+    }
+    std::fs::write(&saved, lines.join("\n") + "\n").unwrap();
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-protocol_whitelist", "file,http,tcp"])
+        .args(["-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&saved)
+        .output()
+        .expect("ffprobe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().next(),
+        Some(format!("h264,{}", numbers.len()).as_str()),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = curl(
+        &format!("{base}/archive/live/gate/index.m3u8?from=yesterday&to=1"),
+        &[],
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("`from`"), "{}", bad.text());
+    assert_eq!(
+        curl(
+            &format!("{base}/archive/live/gate/seg/2026/11/30/18/..%2F..%2Fx.ts"),
+            &[]
+        )
+        .status,
+        400
+    );
+    let _ = local;
+
+    // /metrics stays on the same listener.
+    let metrics = curl(&format!("{base}/metrics"), &[]).text();
+    assert!(
+        metrics.contains("camfleet_collector_live_parts_published_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("camfleet_collector_frames_archived_total"));
+    let _ = name;
+}
+
+/// A self-signed certificate for 127.0.0.1 made by openssl (a peer).
+fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl")
+        .status
+        .success();
+    assert!(ok, "openssl req");
+    (cert, key)
+}
+
+#[test]
+fn live_auth_without_credentials_gets_401_and_nothing_else_over_tls() {
+    let run = Scenario::new("liveauth", 1);
+    let addr = free_local_addr();
+    let base = format!("https://{addr}");
+    let (cert, key) = self_signed(run.dir.path());
+    let token = "tok-0123456789abcdef-XYZ";
+    let tokens = run.dir.path().join("tokens");
+    std::fs::write(&tokens, format!("# ops team\n{token}\n")).unwrap();
+    let users = run.dir.path().join("users");
+    std::fs::write(&users, "ops:correct horse\n").unwrap();
+    let http = format!(
+        "[http]\nlisten = \"{addr}\"\n[http.auth]\ntoken_file = \"{}\"\nusers_file = \"{}\"\n\
+         [http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"",
+        tokens.display(),
+        users.display(),
+        cert.display(),
+        key.display()
+    );
+    let config = live_collector_config(&run, &http, "[live]\ndetections_topic = \"\"");
+    let _collector = run.spawn("collector", "camfleet-collector", &config);
+    let _agent = run.agent(&camera(), "");
+    let ca = cert.to_str().unwrap();
+    let bearer = format!("Authorization: Bearer {token}");
+    let playlist = wait_for_segments(&base, &["--cacert", ca, "-H", &bearer], 2);
+    let seg = segment_uris(&playlist)[0].clone();
+    let seg_path = format!("/live/live/gate/{seg}");
+
+    let paths = [
+        "/",
+        "/api/cameras",
+        "/api/detections?camera=live/gate",
+        PLAYLIST,
+        seg_path.as_str(),
+        "/metrics",
+        "/vendor/hls.min.js",
+        "/live/other/cam/index.m3u8",
+    ];
+    let wrong_basic = ["-u", "ops:wrong"];
+    let wrong_bearer = ["-H", "Authorization: Bearer tok-0123456789abcdef-XYy"];
+    let wrong_cookie = ["-H", "Cookie: camfleet_token=guess"];
+    for path in paths {
+        for creds in [
+            &[][..],
+            &wrong_basic[..],
+            &wrong_bearer[..],
+            &wrong_cookie[..],
+        ] {
+            let mut args = vec!["--cacert", ca];
+            args.extend_from_slice(creds);
+            let r = curl(&format!("{base}{path}"), &args);
+            assert_eq!(r.status, 401, "{path} {creds:?}");
+            assert_eq!(r.text(), "unauthorized\n", "{path}");
+            let all = format!("{}{}", r.headers, r.text());
+            assert!(
+                !all.contains("gate") && !all.contains("live/"),
+                "{path} leaks: {all}"
+            );
+            assert!(r.header("www-authenticate").unwrap().contains("Bearer"));
+        }
+    }
+    // The right credentials, each way.
+    let ok = curl(
+        &format!("{base}{seg_path}"),
+        &["--cacert", ca, "-H", &bearer],
+    );
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.header("cache-control").as_deref(),
+        Some("private, max-age=31536000, immutable"),
+        "authenticated media must not sit in shared caches"
+    );
+    let basic = curl(
+        &format!("{base}/api/cameras"),
+        &["--cacert", ca, "-u", "ops:correct horse"],
+    );
+    assert_eq!(basic.status, 200);
+    assert!(basic.text().contains(CAMERA));
+    let bad_login = curl(&format!("{base}/login?token=nope"), &["--cacert", ca]);
+    assert_eq!(bad_login.status, 401);
+    assert_eq!(bad_login.header("set-cookie"), None);
+    let login = curl(&format!("{base}/login?token={token}"), &["--cacert", ca]);
+    assert_eq!(login.status, 303);
+    let cookie = login.header("set-cookie").unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    let pair = cookie.split(';').next().unwrap();
+    let page = curl(
+        &format!("{base}/"),
+        &["--cacert", ca, "-H", &format!("Cookie: {pair}")],
+    );
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("hls.min.js"));
+    let metrics = curl(&format!("{base}/metrics"), &["--cacert", ca, "-H", &bearer]).text();
+    assert!(
+        metrics.contains("camfleet_collector_http_requests_total{auth=\"denied\"}"),
+        "{metrics}"
+    );
+
+    // Plain HTTP on the TLS port gets no HTTP answer, and a client that
+    // does not trust the certificate stops before sending anything.
+    let plain = curl(&format!("http://{addr}{PLAYLIST}"), &["-H", &bearer]);
+    assert_eq!(plain.status, 0);
+    let untrusted = curl(&format!("{base}{PLAYLIST}"), &["-H", &bearer]);
+    assert_eq!(untrusted.status, 0);
+}
+
+/// Two camera ids librdkafka's default partitioner (CRC-32 of the key)
+/// puts on partitions 0 and 1 of a two-partition topic.
+fn cameras_on_both_partitions() -> (String, String) {
+    let on = |p: u32| {
+        (0..)
+            .map(|i| format!("two/cam{i}"))
+            .find(|id| crc32fast::hash(id.as_bytes()) % 2 == p)
+            .unwrap()
+    };
+    (on(0), on(1))
+}
+
+fn cameras_here(base: &str) -> Vec<String> {
+    let r = curl(&format!("{base}/api/cameras"), &[]);
+    serde_json::from_slice::<serde_json::Value>(&r.body)
+        .ok()
+        .and_then(|v| {
+            v["cameras"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|c| c["camera"].as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn live_two_collectors_each_serve_their_partitions_cameras_and_one_takes_over() {
+    let run = Scenario::new("livetwo", 2);
+    let (c0, c1) = cameras_on_both_partitions();
+    let addrs = [free_local_addr(), free_local_addr()];
+    let bases: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let mut collectors: Vec<Option<Proc>> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let config = live_collector_config(
+                &run,
+                &format!("[http]\nlisten = \"{a}\""),
+                "[live]\ndetections_topic = \"\"",
+            );
+            Some(run.spawn(&format!("collector-{i}"), "camfleet-collector", &config))
+        })
+        .collect();
+    let cams = [c0.clone(), c1.clone()];
+    let _agents: Vec<Proc> = cams
+        .iter()
+        .map(|id| run.agent(&PatternCamera { id, ..camera() }, ""))
+        .collect();
+    // The group gives each instance one partition, so one camera each.
+    let mut owner = [0usize; 2];
+    wait_until(
+        Duration::from_secs(60),
+        "each instance serving one camera",
+        || {
+            let here: Vec<Vec<String>> = bases.iter().map(|b| cameras_here(b)).collect();
+            if here.iter().any(|h| h.len() != 1) {
+                return false;
+            }
+            for (k, cam) in cams.iter().enumerate() {
+                match here.iter().position(|h| h.contains(cam)) {
+                    Some(i) => owner[k] = i,
+                    None => return false,
+                }
+            }
+            owner[0] != owner[1]
+        },
+    );
+    for (k, cam) in cams.iter().enumerate() {
+        let path = format!("/live/{cam}/index.m3u8");
+        let mine = &bases[owner[k]];
+        let other = &bases[1 - owner[k]];
+        wait_until(Duration::from_secs(20), "owner's playlist", || {
+            curl(&format!("{mine}{path}"), &[]).status == 200
+        });
+        let r = curl(&format!("{other}{path}"), &[]);
+        assert_eq!(r.status, 404, "{}", r.text());
+        let hint: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(hint["cameras_here"], serde_json::json!([cams[1 - k]]));
+    }
+    // SIGKILL the owner of the first camera: the other instance serves both
+    // once the group has moved the partition (session timeout 6 s).
+    let survivor = 1 - owner[0];
+    collectors[owner[0]].take().unwrap().signal("KILL");
+    for cam in &cams {
+        let path = format!("/live/{cam}/index.m3u8");
+        wait_until(
+            Duration::from_secs(60),
+            "the survivor serving both cameras",
+            || {
+                let r = curl(&format!("{}{path}", bases[survivor]), &[]);
+                r.status == 200 && r.text().contains("#EXTINF")
+            },
+        );
+    }
+    drop(collectors);
+}

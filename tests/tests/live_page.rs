@@ -1,0 +1,254 @@
+//! The ops page in a real browser: Debian's chromium, headless, driven in
+//! real time through the DevTools protocol (puppeteer-core,
+//! tests/browser/live_page.cjs). The page comes from the collector, the
+//! video from a paced test-pattern agent through Kafka, the detection
+//! boxes from records on a detections topic. Screenshots are saved under
+//! `target/test-artifacts/`.
+
+use camfleet_tests::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const CAMERA: &str = "page/door";
+
+fn web_dir() -> PathBuf {
+    std::env::var("CAMFLEET_WEB")
+        .map(PathBuf::from)
+        .expect("CAMFLEET_WEB (from .services/env; scripts/setup installs it)")
+}
+
+fn artifacts() -> PathBuf {
+    let dir = binary("camfleet-collector")
+        .parent()
+        .and_then(|p| p.parent())
+        .unwrap()
+        .join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Publishes one detection record (docs/detections.schema.json) per video
+/// frame of the camera, as the inference processor would, until stopped.
+fn feed_detections(
+    kafka: String,
+    video: String,
+    detections: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &kafka)
+            .set("group.id", format!("{video}.detection-feeder"))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&video]).unwrap();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &kafka)
+            .set("linger.ms", "0")
+            .create()
+            .unwrap();
+        let mut sent = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) else {
+                producer.poll(Duration::ZERO);
+                continue;
+            };
+            let headers: Vec<(&str, Option<&[u8]>)> = msg
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+                .unwrap_or_default();
+            let Ok((meta, _)) = camfleet_shared::wire::parse(msg.key(), headers) else {
+                continue;
+            };
+            let record = serde_json::json!({
+                "schema": "camfleet.detections.v1",
+                "camera": meta.camera.as_str(),
+                "seq": meta.seq, "epoch": meta.epoch,
+                "capture_us": meta.capture_us, "pts_90k": meta.pts_90k,
+                "width": meta.width, "height": meta.height,
+                "model": {"name": "test", "version": "1"},
+                "objects": [{"label": "person", "class_id": 0, "score": 0.9,
+                    "box": {"x_min": 0.3, "y_min": 0.3, "x_max": 0.7, "y_max": 0.9}}],
+                "counts": {"person": 1},
+                "inference_ms": 1.0
+            })
+            .to_string();
+            let key = meta.camera.as_str().to_string();
+            let _ = producer.send(BaseRecord::to(&detections).key(&key).payload(&record));
+            producer.poll(Duration::ZERO);
+            sent += 1;
+        }
+        let _ = producer.flush(Duration::from_secs(5));
+        sent
+    })
+}
+
+/// Runs the page driver; returns its JSON.
+fn drive(url: &str, screenshot: &str, seconds: u32) -> serde_json::Value {
+    let out = Command::new("timeout")
+        .args(["120", "node"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/browser/live_page.cjs"
+        ))
+        .args([url, CAMERA])
+        .arg(artifacts().join(screenshot))
+        .arg(seconds.to_string())
+        .env("CAMFLEET_WEB", web_dir())
+        .output()
+        .expect("node (Debian) runs the page driver");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "driver output {text:?} ({e}); stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        out.status.success() && v.get("error").is_none(),
+        "driver: {v}"
+    );
+    v
+}
+
+/// The video played in real time: time and decoded frames rose, the
+/// picture is the test pattern (not black), its frame number moved on.
+fn assert_played(v: &serde_json::Value, seconds: f64, path: &str) {
+    let (a, b) = (&v["before"], &v["after"]);
+    assert_eq!(b["path"], path, "{v}");
+    let dt = b["currentTime"].as_f64().unwrap() - a["currentTime"].as_f64().unwrap();
+    assert!(
+        dt > seconds * 0.6,
+        "currentTime rose {dt} s in {seconds} s: {b}"
+    );
+    let frames = b["frames"].as_u64().unwrap() - a["frames"].as_u64().unwrap();
+    // 15 fps.
+    assert!(
+        frames as f64 > seconds * 15.0 * 0.6,
+        "{frames} frames decoded: {b}"
+    );
+    assert_eq!(
+        (b["width"].as_u64(), b["height"].as_u64()),
+        (Some(320), Some(192))
+    );
+    let (mean, std) = (
+        b["meanLuma"].as_f64().unwrap(),
+        b["stdLuma"].as_f64().unwrap(),
+    );
+    assert!(
+        mean > 40.0 && std > 20.0,
+        "picture black or flat: mean {mean} std {std}"
+    );
+    let (fa, fb) = (a["frameNumber"].as_u64(), b["frameNumber"].as_u64());
+    assert!(
+        fa.is_some() && fb.is_some() && fb > fa,
+        "barcode frame numbers {fa:?} -> {fb:?}"
+    );
+}
+
+#[test]
+fn live_page_plays_the_camera_in_chromium_via_hlsjs_and_native_hls_with_detection_boxes() {
+    let run = Scenario::new("livepage", 1);
+    let detections = run.services.fresh_topic("livepage-detections", 1);
+    let addr = free_local_addr();
+    let root = run.dir.path().join("archive");
+    let vendor = web_dir().join("node_modules/hls.js/dist");
+    let config = run.collector_config(root.to_str().unwrap()).replace(
+        "[http]\nlisten = \"\"\n",
+        &format!(
+            "[http]\nlisten = \"{addr}\"\nweb_vendor_dir = \"{}\"\n[live]\ndetections_topic = \"{detections}\"\n",
+            vendor.display()
+        ),
+    );
+    let _collector = run.spawn("collector", "camfleet-collector", &config);
+    let _agent = run.agent(
+        &PatternCamera {
+            id: CAMERA,
+            width: 320,
+            height: 192,
+            fps: 15,
+            frames: 15 * 90,
+            paced: true,
+        },
+        "",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = feed_detections(
+        run.services.kafka.clone(),
+        run.topic.clone(),
+        detections,
+        stop.clone(),
+    );
+    wait_until(Duration::from_secs(45), "live playlist", || {
+        std::net::TcpStream::connect(&addr).is_ok()
+            && std::process::Command::new("curl")
+                .args(["-sf", "-o", "/dev/null"])
+                .arg(format!("http://{addr}/live/page/door/index.m3u8"))
+                .status()
+                .is_ok_and(|s| s.success())
+    });
+
+    // hls.js (MSE) with LL-HLS: the page's default where MSE exists.
+    let v = drive(
+        &format!("http://{addr}/?camera={CAMERA}"),
+        "live-page-hlsjs.png",
+        4,
+    );
+    assert_played(&v, 4.0, "hls.js");
+    assert_eq!(v["after"]["lowLatencyMode"], true);
+    assert_eq!(v["after"]["detectionsAvailable"], true, "{}", v["after"]);
+    assert!(
+        v["after"]["boxesDrawn"].as_u64().unwrap() > 0,
+        "no detection box drawn: {}",
+        v["after"]
+    );
+    assert_eq!(v["after"]["errors"], serde_json::json!([]));
+
+    // Chromium's native HLS, asked for explicitly: the other path.
+    let v = drive(
+        &format!("http://{addr}/?camera={CAMERA}&player=native"),
+        "live-page-native.png",
+        4,
+    );
+    assert_played(&v, 4.0, "native");
+
+    // The archive of the last minutes, as VOD through hls.js.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let v = drive(
+        &format!(
+            "http://{addr}/?camera={CAMERA}&from={}&to={}",
+            now - 600,
+            now + 60
+        ),
+        "live-page-archive.png",
+        3,
+    );
+    assert_played(&v, 3.0, "hls.js");
+    // VOD starts at the archive's beginning: the camera's first frames.
+    assert!(
+        v["before"]["frameNumber"].as_u64().unwrap() < 15 * 10,
+        "{}",
+        v["before"]
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    assert!(feeder.join().unwrap() > 0);
+    let shot = artifacts().join("live-page-hlsjs.png");
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "{}",
+        shot.display()
+    );
+}
