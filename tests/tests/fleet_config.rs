@@ -133,27 +133,33 @@ fn kbps(frames: &[&TopicFrame]) -> f64 {
     bytes as f64 * 8.0 / (frames.len() as f64 / 30.0) / 1000.0
 }
 
+/// An agent of `site` streaming one camera, online on the test broker.
+fn start_agent(run: &Scenario, agent_id: &str, site: &str) -> Proc {
+    let (host, port) = mqtt();
+    let url = format!("mqtt://{host}:{port}");
+    let agent = run.spawn(
+        "agent",
+        "camfleet-agent",
+        &agent_toml(run, agent_id, site, &url, ""),
+    );
+    wait_status(agent_id, Duration::from_secs(20), "online", |s| {
+        s["state"] == "online"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    agent
+}
+
 #[test]
 fn bitrate_change_and_cameras_added_and_removed_live_then_restart_without_mqtt() {
     let run = Scenario::new("fleetcfg", 1);
     let agent_id = format!("live-{}", std::process::id());
     let site = format!("site-{}", std::process::id());
-    let (host, port) = mqtt();
-    let url = format!("mqtt://{host}:{port}");
     let topics = [
         format!("camfleet/agents/{agent_id}/desired"),
         format!("camfleet/agents/{agent_id}/status"),
         format!("camfleet/agents/{agent_id}/telemetry"),
     ];
-    let agent = run.spawn(
-        "agent",
-        "camfleet-agent",
-        &agent_toml(&run, &agent_id, &site, &url, ""),
-    );
-    wait_status(&agent_id, Duration::from_secs(20), "online", |s| {
-        s["state"] == "online"
-    });
-    std::thread::sleep(Duration::from_secs(2));
+    let agent = start_agent(&run, &agent_id, &site);
 
     // The bitrate, through the CLI, while streaming.
     let out = camfleet_ok(&[
@@ -555,4 +561,101 @@ fn now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64
+}
+
+/// The site moves its agents from the plaintext listener to the SASL_SSL
+/// one (new address, TLS, SCRAM credentials) and changes the spool budget
+/// while they stream: the agent swaps its Kafka client live, the spool takes
+/// the new budget, and no frame is lost across the swap.
+#[test]
+fn kafka_address_credentials_and_spool_budget_change_live_from_the_site_document() {
+    let run = Scenario::new("fleetkafka", 1);
+    let sec = run.services.secure();
+    let agent_id = format!("kafka-{}", std::process::id());
+    let site = format!("ksite-{}", std::process::id());
+    let topics = [
+        format!("camfleet/sites/{site}/desired"),
+        format!("camfleet/agents/{agent_id}/status"),
+        format!("camfleet/agents/{agent_id}/telemetry"),
+    ];
+    let agent = start_agent(&run, &agent_id, &site);
+    let plaintext_frames = read_topic(&run.services, &run.topic).len();
+    assert!(plaintext_frames > 0, "nothing streamed over plaintext");
+
+    let doc = run.dir.path().join("site.toml");
+    std::fs::write(
+        &doc,
+        format!(
+            r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+security_protocol = "sasl_ssl"
+[kafka.tls]
+ca_file = "{ca}"
+[kafka.sasl]
+mechanism = "scram_sha_512"
+username = "{user}"
+password_file = "{password}"
+[spool]
+max_bytes = 123456789
+"#,
+            bootstrap = sec.bootstrap,
+            ca = sec.ca_file.display(),
+            user = sec.user,
+            password = sec.password_file.display(),
+        ),
+    )
+    .unwrap();
+    camfleet_ok(&["set", "--site", &site, doc.to_str().unwrap()]);
+    let waited = camfleet_ok(&[
+        "wait",
+        "--site",
+        &site,
+        "--version",
+        "1",
+        "--timeout",
+        "30s",
+    ]);
+    assert!(waited.contains(&agent_id), "{waited}");
+    let st = wait_status(&agent_id, Duration::from_secs(5), "site v1 applied", |s| {
+        s["applied"]["site"]["version"] == 1
+    });
+    assert_eq!(st["last"]["result"], "applied", "{st}");
+    let swapped_at_us = st["last"]["time_us"].as_u64().unwrap();
+
+    // Streaming goes on through the secure listener; telemetry says the new
+    // client is connected.
+    std::thread::sleep(Duration::from_secs(4));
+    let telemetry = retained(&topics[2]);
+    assert_eq!(telemetry["kafka"]["state"], "ok", "{telemetry}");
+    // The running spool's limits, through its control socket.
+    let status = Command::new(binary("camfleet-agent"))
+        .args(["spool", "status", "--json", "--config"])
+        .arg(run.dir.path().join("agent.toml"))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["agent_running"], true, "{status}");
+    assert_eq!(status["limits"]["max_bytes"], 123456789, "{status}");
+    agent.signal("TERM");
+    let out = agent.wait_success(Duration::from_secs(20));
+    assert!(!out.contains(&sec.password()), "the password leaked: {out}");
+
+    let frames = read_topic(&run.services, &run.topic);
+    let check = check_stream(&frames, "fleetcfg/gate");
+    assert!(check.missing.is_empty(), "gap across the swap: {check:?}");
+    assert_eq!(check.duplicates, 0, "{check:?}");
+    let after: Vec<&TopicFrame> = frames
+        .iter()
+        .filter(|f| f.meta.capture_us > swapped_at_us + 1_000_000)
+        .collect();
+    assert!(
+        after.len() >= 60,
+        "only {} frames after the swap to SASL_SSL",
+        after.len()
+    );
+    let mut epochs: Vec<u64> = frames.iter().map(|f| f.meta.epoch).collect();
+    epochs.dedup();
+    assert_eq!(epochs.len(), 2, "one restart for the swap: {epochs:?}");
+    clear_retained(&topics);
 }

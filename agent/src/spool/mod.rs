@@ -386,7 +386,15 @@ impl<S: FrameSink> SpoolSink<S> {
                 Some(evicted),
             ));
         }
-        status_json(&self.shared.dir, self.shared.store.disk_bytes(), true, cams)
+        let mut status = status_json(&self.shared.dir, self.shared.store.disk_bytes(), true, cams);
+        // The limits in force: a fleet config changes them live.
+        let cfg = self.shared.cfg();
+        status["limits"] = serde_json::json!({
+            "max_bytes": cfg.max_bytes,
+            "max_age_s": cfg.max_age_s,
+            "min_free_bytes": cfg.min_free_bytes,
+        });
+        status
     }
 
     /// Runs the integrity check on the open database.

@@ -196,6 +196,23 @@ async fn a_failed_delivery_is_kept_and_sent_again_before_later_frames() {
     for ack in acks {
         assert_eq!(ack.await.unwrap(), Delivery::Spooled);
     }
+    // Kafka recovers between two drain rounds (after a failed round the
+    // drain backs off >= 250 ms), as a broker outage ends: never in the
+    // middle of a window of resends, whose later frames would then land
+    // before the failed one.
+    let failed = |seq: u64| {
+        let sent = kafka.sent.lock().unwrap();
+        sent.iter().filter(|s| s.0 == seq && s.2).count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(0..3).all(|seq| failed(seq) >= 2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drain did not retry: {:?}",
+            kafka.sent.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     kafka.failing.store(false, Relaxed);
     let later = send(&sink, 3..6).await;
     for ack in later {
