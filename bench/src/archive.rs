@@ -393,7 +393,7 @@ pub async fn run(
         let out = hdfs_shell(&[
             "-copyToLocal",
             &format!("{base}/bench"),
-            local.to_str().unwrap(),
+            &local.to_string_lossy(),
         ])?;
         if !out.status.success() {
             bail!(
@@ -403,7 +403,7 @@ pub async fn run(
         }
         let dst = format!("/camfleet-bench/put-{}", std::process::id());
         let t = Instant::now();
-        let out = hdfs_shell(&["-put", local.join("bench").to_str().unwrap(), &dst])?;
+        let out = hdfs_shell(&["-put", &local.join("bench").to_string_lossy(), &dst])?;
         let put_s = t.elapsed().as_secs_f64();
         if !out.status.success() {
             bail!("FsShell -put: {}", String::from_utf8_lossy(&out.stderr));

@@ -310,7 +310,7 @@ async fn measure(args: &Args, n: usize, peer: bool) -> anyhow::Result<Timing> {
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 

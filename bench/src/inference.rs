@@ -11,9 +11,7 @@ use crate::kafka::Kafka;
 use crate::measure::{percentile, wait_with_cpu};
 use crate::table::{f, Table};
 use anyhow::{bail, Context};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::ClientConfig;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -219,30 +217,16 @@ listen = ""
 }
 
 fn read_latencies(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<u64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("{topic}.bench"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .create()?;
-    consumer.subscribe(&[topic])?;
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                let record: serde_json::Value =
-                    serde_json::from_slice(m.payload().unwrap_or_default())?;
-                let capture_ms = record["capture_us"].as_u64().unwrap_or(0) / 1000;
-                if let Some(ts) = m.timestamp().to_millis() {
-                    out.push((ts as u64).saturating_sub(capture_ms));
-                }
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(e.into()),
-            None => {}
+    let group = format!("{topic}.bench");
+    crate::kafka::read_to_end(bootstrap, topic, &group, Duration::from_secs(20), |m| {
+        let record: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
+        let capture_ms = record["capture_us"].as_u64().unwrap_or(0) / 1000;
+        if let Some(ts) = m.timestamp().to_millis() {
+            out.push((ts as u64).saturating_sub(capture_ms));
         }
-    }
+        Ok(())
+    })?;
     out.sort_unstable();
     Ok(out)
 }

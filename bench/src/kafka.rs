@@ -199,3 +199,31 @@ async fn consume(
     }
     Ok(out)
 }
+
+/// Reads `topic` from the start until the end of its (first) partition or
+/// `within`, handing every record to `each`; a fresh group `group`.
+pub fn read_to_end(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    within: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => each(&m)?,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+    }
+    Ok(())
+}

@@ -20,9 +20,7 @@ use crate::kafka::Kafka;
 use crate::measure::percentile;
 use crate::table::{f, Table};
 use anyhow::{bail, Context};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::ClientConfig;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -369,31 +367,18 @@ fn archived_frame_numbers(root: &Path) -> anyhow::Result<Vec<Option<u64>>> {
 
 /// Sequence number -> capture time (µs) of every record of `topic`.
 fn capture_times(bootstrap: &str, topic: &str) -> anyhow::Result<HashMap<u64, u64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("{topic}.bench-captures"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .create()?;
-    consumer.subscribe(&[topic])?;
     let mut out = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(m)) => {
-                let headers: Vec<(&str, Option<&[u8]>)> = m
-                    .headers()
-                    .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-                    .unwrap_or_default();
-                if let Ok((meta, _)) = camfleet_shared::wire::parse(m.key(), headers) {
-                    out.insert(meta.seq, meta.capture_us);
-                }
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(e.into()),
-            None => {}
+    let group = format!("{topic}.bench-captures");
+    crate::kafka::read_to_end(bootstrap, topic, &group, Duration::from_secs(60), |m| {
+        let headers: Vec<(&str, Option<&[u8]>)> = m
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+            .unwrap_or_default();
+        if let Ok((meta, _)) = camfleet_shared::wire::parse(m.key(), headers) {
+            out.insert(meta.seq, meta.capture_us);
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 

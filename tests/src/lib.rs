@@ -701,3 +701,32 @@ pub fn delivered(summary: &serde_json::Value) -> u64 {
     };
     get("frames_acked") + get("frames_drained")
 }
+
+/// The plaintext Mosquitto listener of `scripts/services`: (host, port).
+pub fn mqtt_plain() -> (String, String) {
+    (env("MQTT_HOST"), env("MQTT_PORT"))
+}
+
+/// The retained message of `topic` on the plaintext listener, as a fresh
+/// subscriber gets it (Null when none arrives within `wait_s`).
+pub fn mqtt_retained(topic: &str, wait_s: u32) -> serde_json::Value {
+    let (host, port) = mqtt_plain();
+    let out = std::process::Command::new("mosquitto_sub")
+        .args(["-h", &host, "-p", &port, "-t", topic, "-C", "1", "-W"])
+        .arg(wait_s.to_string())
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Runs `cmd` to the end and logs its status and output under `label`.
+pub fn logged_output(cmd: &mut std::process::Command, label: &str) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    eprintln!(
+        "{label} -> {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

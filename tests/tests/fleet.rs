@@ -10,12 +10,6 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-fn mqtt() -> (String, String) {
-    let host = std::env::var("MQTT_HOST").expect("MQTT_HOST: source .services/env");
-    let port = std::env::var("MQTT_PORT").expect("MQTT_PORT: source .services/env");
-    (host, port)
-}
-
 /// `mosquitto_sub -v` on `topic` in the background: lines `topic payload`.
 fn subscribe(
     topic: &str,
@@ -23,7 +17,7 @@ fn subscribe(
     std::process::Child,
     mpsc::Receiver<(String, serde_json::Value)>,
 ) {
-    let (host, port) = mqtt();
+    let (host, port) = mqtt_plain();
     let mut child = Command::new("mosquitto_sub")
         .args(["-h", &host, "-p", &port, "-v", "-t", topic])
         .stdout(Stdio::piped())
@@ -45,12 +39,7 @@ fn subscribe(
 
 /// The retained status, as a fresh subscriber gets it.
 fn retained_status(topic: &str) -> serde_json::Value {
-    let (host, port) = mqtt();
-    let out = Command::new("mosquitto_sub")
-        .args(["-h", &host, "-p", &port, "-t", topic, "-C", "1", "-W", "5"])
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    mqtt_retained(topic, 5)
 }
 
 fn wait_for(
@@ -75,7 +64,7 @@ fn fleet_status_telemetry_and_last_will_on_mosquitto() {
     let run = Scenario::new("fleet", 1);
     let agent_id = format!("box-{}", std::process::id());
     let base = format!("camfleet/agents/{agent_id}");
-    let (host, port) = mqtt();
+    let (host, port) = mqtt_plain();
     let config = format!(
         r#"data_dir = "{data}"
 [kafka]

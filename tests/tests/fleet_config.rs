@@ -16,20 +16,9 @@ use camfleet_tests::*;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn mqtt() -> (String, String) {
-    let host = std::env::var("MQTT_HOST").expect("MQTT_HOST: source .services/env");
-    let port = std::env::var("MQTT_PORT").expect("MQTT_PORT: source .services/env");
-    (host, port)
-}
-
 /// The retained message of `topic`, as a fresh subscriber gets it.
 fn retained(topic: &str) -> serde_json::Value {
-    let (host, port) = mqtt();
-    let out = Command::new("mosquitto_sub")
-        .args(["-h", &host, "-p", &port, "-t", topic, "-C", "1", "-W", "3"])
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    mqtt_retained(topic, 3)
 }
 
 /// Polls the retained status until `pred` holds.
@@ -55,7 +44,7 @@ fn wait_status(
 }
 
 fn publish_retained(topic: &str, payload: &[u8], dir: &std::path::Path) {
-    let (host, port) = mqtt();
+    let (host, port) = mqtt_plain();
     let file = dir.join("payload.bin");
     std::fs::write(&file, payload).unwrap();
     let ok = Command::new("mosquitto_pub")
@@ -68,7 +57,7 @@ fn publish_retained(topic: &str, payload: &[u8], dir: &std::path::Path) {
 }
 
 fn clear_retained(topics: &[String]) {
-    let (host, port) = mqtt();
+    let (host, port) = mqtt_plain();
     for t in topics {
         let _ = Command::new("mosquitto_pub")
             .args(["-h", &host, "-p", &port, "-r", "-n", "-t", t])
@@ -78,19 +67,13 @@ fn clear_retained(topics: &[String]) {
 
 /// Runs the ops CLI against the test broker.
 fn camfleet(args: &[&str]) -> Output {
-    let (host, port) = mqtt();
-    let out = Command::new(binary("camfleet"))
-        .args(args)
-        .env("CAMFLEET_MQTT_URL", format!("mqtt://{host}:{port}"))
-        .output()
-        .unwrap();
-    eprintln!(
-        "camfleet {args:?} -> {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    let (host, port) = mqtt_plain();
+    logged_output(
+        Command::new(binary("camfleet"))
+            .args(args)
+            .env("CAMFLEET_MQTT_URL", format!("mqtt://{host}:{port}")),
+        &format!("camfleet {args:?}"),
+    )
 }
 
 fn camfleet_ok(args: &[&str]) -> String {
@@ -135,7 +118,7 @@ fn kbps(frames: &[&TopicFrame]) -> f64 {
 
 /// An agent of `site` streaming one camera, online on the test broker.
 fn start_agent(run: &Scenario, agent_id: &str, site: &str) -> Proc {
-    let (host, port) = mqtt();
+    let (host, port) = mqtt_plain();
     let url = format!("mqtt://{host}:{port}");
     let agent = run.spawn(
         "agent",
@@ -323,7 +306,7 @@ fn bad_documents_are_rejected_with_a_reason_and_streaming_goes_on() {
     let run = Scenario::new("fleetbad", 1);
     let agent_id = format!("bad-{}", std::process::id());
     let site = format!("badsite-{}", std::process::id());
-    let (host, port) = mqtt();
+    let (host, port) = mqtt_plain();
     let url = format!("mqtt://{host}:{port}");
     let desired = format!("camfleet/agents/{agent_id}/desired");
     let topics = [

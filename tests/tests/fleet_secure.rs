@@ -79,26 +79,20 @@ impl Secure {
     }
 
     fn camfleet(&self, args: &[&str]) -> Output {
-        let out = Command::new(binary("camfleet"))
-            .args([
-                "--url",
-                &self.url,
-                "--ca-file",
-                &self.ca,
-                "--username",
-                "camfleet-ops",
-            ])
-            .args(["--password-file", &self.password_file("camfleet-ops")])
-            .args(args)
-            .output()
-            .unwrap();
-        eprintln!(
-            "camfleet {args:?} -> {}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        logged_output(
+            Command::new(binary("camfleet"))
+                .args([
+                    "--url",
+                    &self.url,
+                    "--ca-file",
+                    &self.ca,
+                    "--username",
+                    "camfleet-ops",
+                ])
+                .args(["--password-file", &self.password_file("camfleet-ops")])
+                .args(args),
+            &format!("camfleet {args:?}"),
+        )
     }
 }
 
