@@ -51,6 +51,16 @@ fn ls_json(config: &Path) -> Value {
     serde_json::from_str(&archive_ok(config, &["ls", "--json"])).unwrap()
 }
 
+/// Frames in all segment rows of an `archive ls --json` answer.
+fn indexed_frames(ls: &Value) -> u64 {
+    ls["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["frames"].as_u64().unwrap())
+        .sum()
+}
+
 /// The python of the analytics venv (pyarrow, pyspark).
 fn analytics_python() -> String {
     std::env::var("CAMFLEET_ANALYTICS_PYTHON")
@@ -439,13 +449,7 @@ fn archive_ops_export_trims_to_keyframes_and_plays_through_an_epoch_change() {
         .wait_success(Duration::from_secs(60));
     let config = config_file(&run, "export", root.to_str().unwrap(), "");
     wait_until(Duration::from_secs(60), "all 210 frames indexed", || {
-        ls_json(&config)["segments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["frames"].as_u64().unwrap())
-            .sum::<u64>()
-            == 210
+        indexed_frames(&ls_json(&config)) == 210
     });
     collector.signal("TERM");
     collector.wait_success(Duration::from_secs(15));
@@ -625,15 +629,7 @@ fn archive_ops_on_hdfs_index_matches_fsshell_survives_a_30_s_outage_and_prunes()
         "all frames indexed after the outage",
         || {
             let (ok, out, _) = archive_cmd(&config, &["ls", "--json"]);
-            ok && serde_json::from_str::<Value>(&out).is_ok_and(|v| {
-                v["segments"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|r| r["frames"].as_u64().unwrap())
-                    .sum::<u64>()
-                    == n
-            })
+            ok && serde_json::from_str::<Value>(&out).is_ok_and(|v| indexed_frames(&v) == n)
         },
     );
     collector.signal("TERM");
@@ -729,13 +725,7 @@ fn archive_ops_sigkill_during_index_rewrites_leaves_every_index_file_whole() {
     }
     let ls_config = config_file(&run, "ls", root.to_str().unwrap(), "");
     wait_until(Duration::from_secs(60), "all frames indexed", || {
-        ls_json(&ls_config)["segments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["frames"].as_u64().unwrap())
-            .sum::<u64>()
-            == 3 * n
+        indexed_frames(&ls_json(&ls_config)) == 3 * n
     });
     last.signal("TERM");
     last.wait_success(Duration::from_secs(20));
