@@ -11,6 +11,7 @@ pub mod detect;
 pub mod fanout;
 pub mod http;
 pub mod infer;
+pub mod learn;
 pub mod live;
 pub mod playback;
 pub mod segmenter;

@@ -1,0 +1,19 @@
+//! On-premises learning (issue 11): a detection verifier per camera (or
+//! site) and a scene model per camera, trained from the archive's Parquet
+//! tables and ops' labels, kept in a versioned registry on the archive's
+//! filesystem and hot-swapped into every collector instance.
+//!
+//! This module holds the contract between the two halves:
+//! * the data side ([`features`]): what a detection's features are and how
+//!   they become the verifier's input row, written as Parquet next to the
+//!   archive index and computed live by the inference processor;
+//! * the model side ([`model`]): what a trained verifier or scene model
+//!   answers, and where the inference processor gets the ones in force.
+//!
+//! Architecture Invariant: training and live scoring build the verifier's
+//! input with the same function, [`features::verifier_input`]; a model
+//! records the feature layout version it was trained on and is refused by a
+//! collector that builds a different one.
+
+pub mod features;
+pub mod model;
