@@ -36,6 +36,23 @@ pub struct DetectionFeatures {
     pub embedding: Vec<f32>,
 }
 
+/// Where a label came from. Ops' labels always win over automatic ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabelSource {
+    /// `camfleet-collector label DETECTION_ID true|false` or the page.
+    Ops,
+    /// The stillness rule: same box for hours, unless ops said true.
+    Stillness,
+}
+
+/// One training example: a detection, whether it is real, and why we think so.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelledDetection {
+    pub features: DetectionFeatures,
+    pub real: bool,
+    pub source: LabelSource,
+}
+
 /// The verifier's input row for one detection:
 /// `[score, centre_x, centre_y, width, height, sin(day), cos(day),
 /// one-hot(class_id < num_classes)..., embedding...]`, where `day` is the UTC
