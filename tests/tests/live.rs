@@ -619,3 +619,191 @@ fn live_two_collectors_each_serve_their_partitions_cameras_and_one_takes_over() 
     }
     drop(collectors);
 }
+
+/// Sum of `frames` over the timeline API's segments (0 while unreadable).
+fn timeline_frames(timeline: &serde_json::Value) -> u64 {
+    timeline["segments"]
+        .as_array()
+        .map_or(0, |s| s.iter().map(|r| r["frames"].as_u64().unwrap()).sum())
+}
+
+/// Archive playback on HDFS, from the index: two runs of one camera (the
+/// restart starts a new stream epoch, a new media clock) are one VOD
+/// playlist with one discontinuity; ffprobe plays it from the collector
+/// over HTTP to the end; segments are immutable with strong ETags and
+/// byte ranges; the timeline API lists both runs; the export endpoint
+/// streams the range as one .ts that ffprobe reads with the expected
+/// duration.
+#[test]
+fn archive_vod_from_hdfs_plays_across_an_epoch_change_with_ranges_and_export() {
+    let run = Scenario::new("vod-hdfs", 1);
+    let root = format!("{}/camfleet-test/{}", run.services.hdfs, run.topic);
+    let addr = free_local_addr();
+    let base = format!("http://{addr}");
+    let config = run.collector_config(&root).replace(
+        "[http]\nlisten = \"\"\n",
+        &format!("[http]\nlisten = \"{addr}\"\n[live]\ndetections_topic = \"\"\n"),
+    );
+    let _collector = run.spawn("collector", "camfleet-collector", &config);
+    let cam = |frames| PatternCamera { frames, ..camera() };
+    let t_start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 5;
+    run.agent(&cam(45), "")
+        .wait_success(Duration::from_secs(60));
+    run.agent(&cam(30), "")
+        .wait_success(Duration::from_secs(60));
+    let api = format!(
+        "{base}/api/archive/{CAMERA}?from={t_start}&to={}",
+        t_start + 600
+    );
+    let mut timeline = serde_json::Value::Null;
+    wait_until(Duration::from_secs(60), "75 frames in the index", || {
+        let r = curl(&api, &[]);
+        timeline = serde_json::from_slice(&r.body).unwrap_or_default();
+        r.status == 200 && timeline_frames(&timeline) == 75
+    });
+    let segs = timeline["segments"].as_array().unwrap();
+    let epochs: std::collections::BTreeSet<u64> =
+        segs.iter().map(|s| s["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs.len(), 2, "{timeline}");
+    let from_us = segs[0]["start_capture_us"].as_i64().unwrap();
+    let to_us = segs.last().unwrap()["end_capture_us"].as_i64().unwrap();
+    let secs = |us: i64| format!("{}.{:06}", us / 1_000_000, us % 1_000_000);
+    let range = format!("from={}&to={}", secs(from_us), secs(to_us));
+
+    // The VOD playlist: both runs, one discontinuity between them.
+    let vod_url = format!("{base}/archive/{CAMERA}/index.m3u8?{range}");
+    let vod = curl(&vod_url, &[]);
+    assert_eq!(vod.status, 200, "{}", vod.text());
+    let text = vod.text();
+    assert_eq!(text.matches("#EXT-X-DISCONTINUITY").count(), 1, "{text}");
+    assert_eq!(
+        text.matches("#EXT-X-PROGRAM-DATE-TIME").count(),
+        2,
+        "{text}"
+    );
+    let uris = segment_uris(&text);
+    assert_eq!(uris.len(), segs.len(), "{text}");
+
+    // ffprobe, an independent player, reads the playlist from the
+    // collector and every frame of both runs.
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(&vod_url)
+        .output()
+        .expect("ffprobe");
+    // (HLS lists the stream under its program too: the first line counts.)
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().next(),
+        Some("75"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The segments hold the test pattern's frames: run 1 then run 2.
+    let mut numbers = Vec::new();
+    for (i, uri) in uris.iter().enumerate() {
+        let file = run.dir.path().join(format!("vod-{i}.ts"));
+        let r = curl(&format!("{base}/archive/{CAMERA}/{uri}"), &[]);
+        assert_eq!(r.status, 200);
+        std::fs::write(&file, &r.body).unwrap();
+        numbers.extend(frame_numbers(&file, 320, 192));
+    }
+    assert_eq!(numbers, (0..45).chain(0..30).collect::<Vec<_>>());
+
+    // A closed segment: immutable, strong ETag, 304, byte ranges.
+    let closed = segs.iter().position(|s| s["complete"] == true).unwrap();
+    let seg_url = format!("{base}/archive/{CAMERA}/{}", uris[closed]);
+    let whole = curl(&seg_url, &[]);
+    assert_eq!(
+        whole.header("cache-control").as_deref(),
+        Some("public, max-age=31536000, immutable")
+    );
+    assert_eq!(whole.header("accept-ranges").as_deref(), Some("bytes"));
+    let etag = whole.header("etag").unwrap();
+    assert!(etag.starts_with('"') && !etag.starts_with("W/"), "{etag}");
+    let again = curl(&seg_url, &["-H", &format!("If-None-Match: {etag}")]);
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    let part = curl(&seg_url, &["-H", "Range: bytes=188-375"]);
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, whole.body[188..376]);
+    let len = whole.body.len();
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 188-375/{len}"))
+    );
+    let tail = curl(&seg_url, &["-H", "Range: bytes=-188"]);
+    assert_eq!(tail.status, 206);
+    assert_eq!(tail.body, whole.body[len - 188..]);
+    let past = curl(&seg_url, &["-H", &format!("Range: bytes={len}-")]);
+    assert_eq!(past.status, 416);
+    assert_eq!(past.header("content-range"), Some(format!("bytes */{len}")));
+    // A stale copy (If-Range with another validator) gets the whole file.
+    let stale = curl(
+        &seg_url,
+        &["-H", "Range: bytes=0-9", "-H", "If-Range: \"0-00000000\""],
+    );
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.body, whole.body);
+    // A name the index does not list is not served, whatever the archive holds.
+    let unlisted = uris[closed].replace(".ts", "9.ts");
+    assert_eq!(
+        curl(&format!("{base}/archive/{CAMERA}/{unlisted}"), &[]).status,
+        404
+    );
+
+    // The export endpoint: the range as one file on one timeline.
+    let export = curl(&format!("{base}/archive/{CAMERA}/export.ts?{range}"), &[]);
+    assert_eq!(export.status, 200);
+    assert!(export
+        .header("content-disposition")
+        .is_some_and(|d| d.starts_with("attachment; filename=\"live_gate_")));
+    let file = run.dir.path().join("export.ts");
+    std::fs::write(&file, &export.body).unwrap();
+    assert_eq!(
+        frame_numbers(&file, 320, 192),
+        (0..45).chain(0..30).collect::<Vec<_>>()
+    );
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let duration: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(
+        (duration - 5.0).abs() <= 1.0 / 15.0 + 0.01,
+        "export lasts {duration} s"
+    );
+
+    // Bad requests name what is wrong.
+    let bad = curl(&format!("{base}/api/archive/{CAMERA}?from=1&to=1"), &[]);
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.text().contains("`to` must be after `from`"),
+        "{}",
+        bad.text()
+    );
+    let long = curl(
+        &format!("{base}/archive/{CAMERA}/export.ts?from=0&to=90000"),
+        &[],
+    );
+    assert_eq!(long.status, 400);
+    assert!(long.text().contains("24 hours"), "{}", long.text());
+    let empty = curl(
+        &format!("{base}/archive/{CAMERA}/index.m3u8?from=1000&to=2000"),
+        &[],
+    );
+    assert_eq!(empty.status, 404);
+}
