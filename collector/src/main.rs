@@ -131,6 +131,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 ));
             }
             if let Some(hub) = live {
+                camfleet_collector::live::start_fleet(&hub)?;
                 camfleet_collector::live::start(hub, &cfg.kafka, &mut processors)?;
             }
             let archive = AnyArchive::open(&cfg.archive.root).await?;

@@ -807,3 +807,156 @@ fn archive_vod_from_hdfs_plays_across_an_epoch_change_with_ranges_and_export() {
     );
     assert_eq!(empty.status, 404);
 }
+
+/// The camera list of `base`'s `/api/cameras` (Null while unreadable).
+fn camera_api(base: &str) -> serde_json::Value {
+    serde_json::from_slice(&curl(&format!("{base}/api/cameras"), &[]).body).unwrap_or_default()
+}
+
+/// `[live.fleet]` with real Mosquitto, real agents and two collectors in
+/// one group on real Kafka: each instance announces the cameras it serves
+/// and answers a request for the other's camera with 307 to the owner
+/// (ffprobe, following it, plays the live stream from either address);
+/// the camera API carries each camera's agent status and telemetry from
+/// the agents' retained topics; an agent killed shows offline (its MQTT
+/// will), and a collector killed stops being redirected to.
+#[test]
+fn live_fleet_redirects_to_the_owning_collector_and_shows_agent_status() {
+    let run = Scenario::new("livefleet", 2);
+    let prefix = format!("cf-{}", run.topic.replace('.', "-"));
+    let (host, port) = mqtt_plain();
+    let (c0, c1) = cameras_on_both_partitions();
+    let cams = [c0.clone(), c1.clone()];
+    let addrs = [free_local_addr(), free_local_addr()];
+    let bases: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let mut collectors: Vec<Option<Proc>> = bases
+        .iter()
+        .enumerate()
+        .map(|(i, base)| {
+            let config = live_collector_config(
+                &run,
+                &format!("[http]\nlisten = \"{}\"", &base["http://".len()..]),
+                &format!(
+                    "[live]\ndetections_topic = \"\"\n[live.fleet]\nurl = \"mqtt://{host}:{port}\"\n\
+                     topic_prefix = \"{prefix}\"\nkeep_alive_s = 5\nannounce_url = \"{base}\"\n\
+                     instance_id = \"collector-{i}\""
+                ),
+            );
+            Some(run.spawn(&format!("collector-{i}"), "camfleet-collector", &config))
+        })
+        .collect();
+    let mut agents: Vec<Option<Proc>> = cams
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mqtt = format!(
+                "[mqtt]\nurl = \"mqtt://{host}:{port}\"\nagent_id = \"box-{i}\"\n\
+                 topic_prefix = \"{prefix}\"\ntelemetry_period_s = 1\nkeep_alive_s = 5\n"
+            );
+            Some(run.agent_with(&PatternCamera { id, ..camera() }, "", &mqtt))
+        })
+        .collect();
+
+    // Each instance serves one camera and knows where the other is.
+    let mut owner = [0usize; 2];
+    wait_until(
+        Duration::from_secs(60),
+        "each instance serving one camera, announced to the other",
+        || {
+            let apis: Vec<serde_json::Value> = bases.iter().map(|b| camera_api(b)).collect();
+            for (k, cam) in cams.iter().enumerate() {
+                let Some(i) = apis.iter().position(|a| {
+                    a["cameras"]
+                        .as_array()
+                        .is_some_and(|l| l.len() == 1 && l[0]["camera"] == cam.as_str())
+                }) else {
+                    return false;
+                };
+                owner[k] = i;
+                let elsewhere = &apis[1 - i]["elsewhere"];
+                if *elsewhere != serde_json::json!([{"camera": cam, "url": bases[i]}]) {
+                    return false;
+                }
+            }
+            owner[0] != owner[1]
+        },
+    );
+    for (k, cam) in cams.iter().enumerate() {
+        let path = format!("/live/{cam}/index.m3u8");
+        let (mine, other) = (&bases[owner[k]], &bases[1 - owner[k]]);
+        wait_until(Duration::from_secs(20), "owner's playlist", || {
+            curl(&format!("{mine}{path}"), &[]).status == 200
+        });
+        let r = curl(&format!("{other}{path}?_HLS_msn=1"), &[]);
+        assert_eq!(r.status, 307, "{}", r.text());
+        assert_eq!(
+            r.header("location"),
+            Some(format!("{mine}{path}?_HLS_msn=1"))
+        );
+        // ffprobe follows the redirect and reads the live stream.
+        let out = Command::new("ffprobe")
+            .args(["-v", "error", "-rw_timeout", "15000000"])
+            .args(["-show_entries", "stream=codec_name,width", "-of", "csv=p=0"])
+            .arg(format!("{other}{path}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().next(),
+            Some("h264,320"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Fleet status: each camera's agent, online, its telemetry.
+    for (k, cam) in cams.iter().enumerate() {
+        let mut row = serde_json::Value::Null;
+        wait_until(Duration::from_secs(30), "agent status in the API", || {
+            row = camera_api(&bases[owner[k]])["cameras"][0]["fleet"].clone();
+            row["state"] == "online" && row["fps"].as_f64().is_some_and(|f| f > 10.0)
+        });
+        assert_eq!(row["agent_id"], format!("box-{k}"), "{cam}: {row}");
+        assert_eq!(row["camera_up"], true, "{row}");
+        assert_eq!(row["kafka"], "ok", "{row}");
+        assert!(row["telemetry_age_s"].as_f64().unwrap() < 5.0, "{row}");
+    }
+    // A payload that is not JSON is ignored and counted; status stays.
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", &host, "-p", &port, "-t"])
+        .arg(format!("{prefix}/agents/box-0/status"))
+        .args(["-m", "not json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    wait_until(Duration::from_secs(10), "rejected message counted", || {
+        curl(&format!("{}/metrics", bases[owner[0]]), &[])
+            .text()
+            .contains("camfleet_collector_fleet_messages_rejected_total")
+    });
+    assert_eq!(
+        camera_api(&bases[owner[0]])["cameras"][0]["fleet"]["state"],
+        "online"
+    );
+    // An agent killed: the broker publishes its will, the API says offline.
+    agents[0].take().unwrap().signal("KILL");
+    wait_until(Duration::from_secs(30), "killed agent offline", || {
+        let row = camera_api(&bases[owner[0]])["cameras"][0]["fleet"].clone();
+        row["state"] == "offline" && row["reason"] == "connection lost"
+    });
+
+    // A collector killed: its will withdraws its cameras; the survivor
+    // stops redirecting there and serves both once the group moved the
+    // partition.
+    let survivor = 1 - owner[1];
+    collectors[owner[1]].take().unwrap().signal("KILL");
+    let path = format!("/live/{c1}/index.m3u8");
+    wait_until(Duration::from_secs(60), "the survivor serving it", || {
+        curl(&format!("{}{path}", bases[survivor]), &[]).status == 200
+    });
+    assert_eq!(
+        camera_api(&bases[survivor])["elsewhere"],
+        serde_json::json!([])
+    );
+    drop(agents);
+    drop(collectors);
+}
