@@ -107,6 +107,7 @@ function sample(cam) {
           segBoxes: [...card.querySelectorAll(".timeline .seg")].map(box),
           holeBoxes: [...card.querySelectorAll(".timeline .hole")].map(box),
           summary: card.querySelector(".tlsum").textContent,
+          fleet: card.querySelector(".fleet") ? card.querySelector(".fleet").textContent : null,
         };
       }, camera);
       const first = timeline.segBoxes[0];

@@ -274,17 +274,25 @@ fn live_page_plays_the_camera_in_chromium_via_hlsjs_and_native_hls_with_detectio
 fn live_page_archive_timeline_shows_the_gap_plays_a_click_and_exports() {
     const YARD: &str = "page/yard";
     let run = Scenario::new("timeline", 1);
+    let (host, port) = mqtt_plain();
+    let prefix = format!("cf-{}", run.topic.replace('.', "-"));
     let addr = free_local_addr();
     let root = run.dir.path().join("archive");
     let vendor = web_dir().join("node_modules/hls.js/dist");
     let config = run.collector_config(root.to_str().unwrap()).replace(
         "[http]\nlisten = \"\"\n",
         &format!(
-            "[http]\nlisten = \"{addr}\"\nweb_vendor_dir = \"{}\"\n[live]\ndetections_topic = \"\"\n",
+            "[http]\nlisten = \"{addr}\"\nweb_vendor_dir = \"{}\"\n[live]\ndetections_topic = \"\"\n\
+             [live.fleet]\nurl = \"mqtt://{host}:{port}\"\ntopic_prefix = \"{prefix}\"\n",
             vendor.display()
         ),
     );
     let _collector = run.spawn("collector", "camfleet-collector", &config);
+    // The agent reports to the fleet: the page shows its status.
+    let mqtt = format!(
+        "[mqtt]\nurl = \"mqtt://{host}:{port}\"\nagent_id = \"yard-box\"\n\
+         topic_prefix = \"{prefix}\"\ntelemetry_period_s = 1\n"
+    );
     let cam = PatternCamera {
         id: YARD,
         width: 320,
@@ -293,9 +301,11 @@ fn live_page_archive_timeline_shows_the_gap_plays_a_click_and_exports() {
         frames: 45,
         paced: true,
     };
-    run.agent(&cam, "").wait_success(Duration::from_secs(60));
+    run.agent_with(&cam, "", &mqtt)
+        .wait_success(Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(4));
-    run.agent(&cam, "").wait_success(Duration::from_secs(60));
+    run.agent_with(&cam, "", &mqtt)
+        .wait_success(Duration::from_secs(60));
     wait_until(Duration::from_secs(60), "90 frames in the index", || {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -334,6 +344,12 @@ fn live_page_archive_timeline_shows_the_gap_plays_a_click_and_exports() {
     assert_eq!(hole_boxes.len(), 1, "{t}");
     assert!(hole_boxes[0]["w"].as_f64().unwrap() >= 4.0, "{t}");
     assert!(t["summary"].as_str().unwrap().contains("1 gaps"), "{t}");
+    // Fleet status from the agent's retained MQTT topics: it stopped cleanly.
+    let fleet = t["fleet"].as_str().unwrap_or_default();
+    assert!(
+        fleet.contains("agent yard-box offline (stopped)") && fleet.contains("fps"),
+        "{t}"
+    );
 
     // The click played the archive from the first run's start.
     assert_eq!(v["after"]["source"], "archive", "{}", v["after"]);
