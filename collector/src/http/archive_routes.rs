@@ -81,11 +81,12 @@ fn error(e: PlaybackError) -> Response {
 }
 
 /// Camera and range of a request, checked.
-fn request(site: &str, camera: &str, range: &Range) -> Result<(CameraId, i64, i64), Response> {
-    let id = CameraId::new(&format!("{site}/{camera}")).map_err(|_| bad("bad camera id"))?;
-    let from = parse_time("from", range.from.as_deref()).map_err(bad)?;
-    let to = parse_time("to", range.to.as_deref()).map_err(bad)?;
-    crate::playback::check_range(from, to).map_err(error)?;
+fn request(site: &str, camera: &str, range: &Range) -> Result<(CameraId, i64, i64), PlaybackError> {
+    let id = CameraId::new(&format!("{site}/{camera}"))
+        .map_err(|_| PlaybackError::BadRequest("bad camera id".into()))?;
+    let from = parse_time("from", range.from.as_deref()).map_err(PlaybackError::BadRequest)?;
+    let to = parse_time("to", range.to.as_deref()).map_err(PlaybackError::BadRequest)?;
+    crate::playback::check_range(from, to)?;
     Ok((id, from, to))
 }
 
@@ -105,7 +106,7 @@ pub async fn playlist(
 ) -> Response {
     let (id, from, to) = match request(&site, &camera, &range) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return error(e),
     };
     let segments = match state.playback.range(&id, from, to).await {
         Ok((s, _)) => s,
@@ -246,7 +247,7 @@ pub async fn timeline(
 ) -> Response {
     let (id, from, to) = match request(&site, &camera, &range) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return error(e),
     };
     let (segs, gaps) = match state.playback.range(&id, from, to).await {
         Ok(r) => r,
@@ -278,7 +279,7 @@ pub async fn export(
 ) -> Response {
     let (id, from, to) = match request(&site, &camera, &range) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return error(e),
     };
     let segs = match state.playback.range(&id, from, to).await {
         Ok((s, _)) => s,

@@ -129,10 +129,10 @@ impl LiveFleetConfig {
                 "letters, digits, . _ - only",
             ));
         }
-        if !self.announce_url.is_empty()
-            && !(self.announce_url.starts_with("http://")
-                || self.announce_url.starts_with("https://"))
-        {
+        let url_ok = self.announce_url.is_empty()
+            || self.announce_url.starts_with("http://")
+            || self.announce_url.starts_with("https://");
+        if !url_ok {
             return Err(invalid(
                 "live.fleet.announce_url",
                 format!("{:?}: an http:// or https:// base URL", self.announce_url),
