@@ -230,3 +230,42 @@ impl HttpAuthConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet(extra: &str) -> Result<LiveConfig, String> {
+        let text = format!("[fleet]\nurl = \"mqtt://127.0.0.1:1883\"\n{extra}");
+        let cfg: LiveConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn live_fleet_is_checked_and_names_the_field() {
+        let ok = fleet("announce_url = \"http://10.0.0.5:9464/\"").unwrap();
+        let f = ok.fleet.unwrap();
+        assert_eq!(f.topic_prefix, "camfleet");
+        assert_eq!(f.instance_name(), "10.0.0.5_9464");
+        for (extra, field) in [
+            (
+                "announce_url = \"10.0.0.5:9464\"",
+                "live.fleet.announce_url",
+            ),
+            ("instance_id = \"a/b\"", "live.fleet.instance_id"),
+            ("keep_alive_s = 1", "live.fleet.keep_alive_s"),
+            ("topic_prefix = \"\"", "live.fleet.topic_prefix"),
+            ("announce = true", "unknown field"),
+        ] {
+            let e = fleet(extra).unwrap_err();
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+        let bad: LiveConfig = toml::from_str("[fleet]\nurl = \"tcp://x:1\"").unwrap();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("live.fleet.url"));
+    }
+}
