@@ -153,6 +153,80 @@ mod tests {
         }
     }
 
+    fn row(hour: &str, first_seq: u64, start_us: i64, complete: bool) -> SegmentRow {
+        SegmentRow {
+            camera: "s/c".into(),
+            first_seq,
+            last_seq: first_seq + 14,
+            start_capture_us: start_us,
+            end_capture_us: start_us + 1_000_000,
+            media_duration_us: 1_000_000,
+            frames: 15,
+            keyframes: 1,
+            bytes: 3,
+            path: format!("s/c/{hour}/{first_seq:020}.ts"),
+            epoch: 1,
+            width: 2,
+            height: 2,
+            complete,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_range_across_an_hour_is_one_timeline_and_only_indexed_files_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let archive = crate::archive::local::LocalArchive::open(root).unwrap();
+        // 2026-11-30T18:59:59Z and 19:00:00Z: one second each, either side of the hour.
+        let t = 1_796_065_199_000_000;
+        for r in [
+            row("2026/11/30/18", 0, t, true),
+            row("2026/11/30/19", 15, t + 1_000_000, false),
+        ] {
+            archive
+                .put(&r.path, Bytes::from_static(b"ts!"))
+                .await
+                .unwrap();
+            catalog::record_segment(&archive, r, &[]).await.unwrap();
+        }
+        // A file the index does not list (a leftover).
+        archive
+            .put(
+                "s/c/2026/11/30/19/00000000000000000099.ts",
+                Bytes::from_static(b"x"),
+            )
+            .await
+            .unwrap();
+        let p = ArchivePlayback::new(AnyArchive::open(root).await.unwrap());
+        let cam = CameraId::new("s/c").unwrap();
+        // 18:59:59.5 .. 19:00:00.5 touches both hours.
+        let (segs, _) = p.range(&cam, t + 500_000, t + 1_500_000).await.unwrap();
+        assert_eq!(
+            segs.iter().map(|s| s.first_seq).collect::<Vec<_>>(),
+            [0, 15]
+        );
+        let text = vod::render(&segs, |s| name_of(&cam, &s.path));
+        assert!(!text.contains("DISCONTINUITY"), "{text}");
+        assert!(
+            text.contains("seg/2026/11/30/18/00000000000000000000.ts\n"),
+            "{text}"
+        );
+        let (r, bytes) = p
+            .segment(&cam, "2026/11/30/19/00000000000000000015.ts")
+            .await
+            .unwrap();
+        assert!(!r.complete);
+        assert_eq!(&bytes[..], b"ts!");
+        assert!(matches!(
+            p.segment(&cam, "2026/11/30/19/00000000000000000099.ts")
+                .await,
+            Err(PlaybackError::NotFound)
+        ));
+        // Only the later hour.
+        let (segs, _) = p.range(&cam, t + 1_200_000, t + 9_000_000).await.unwrap();
+        assert_eq!(segs.len(), 1);
+    }
+
     #[test]
     fn ranges_are_bounded() {
         assert!(check_range(0, 1).is_ok());
