@@ -69,6 +69,8 @@ function sample(cam) {
     detectionsAvailable: window.camfleet.detectionsAvailable,
     errors: window.camfleet.errors,
     lowLatencyMode: p.hls ? p.hls.config.lowLatencyMode : null,
+    stalls: p.stalls,
+    targetLatency: p.hls ? p.hls.targetLatency : null,
     hlsjsLatencyMs: p.hls && p.hls.playingDate ? Date.now() - p.hls.playingDate.getTime() : null,
   };
 }
