@@ -451,6 +451,9 @@ fn live_auth_without_credentials_gets_401_and_nothing_else_over_tls() {
         "/metrics",
         "/vendor/hls.min.js",
         "/live/other/cam/index.m3u8",
+        "/archive/live/gate/index.m3u8?from=0&to=86400",
+        "/archive/live/gate/export.ts?from=0&to=86400",
+        "/api/archive/live/gate?from=0&to=86400",
     ];
     let wrong_basic = ["-u", "ops:wrong"];
     let wrong_bearer = ["-H", "Authorization: Bearer tok-0123456789abcdef-XYy"];
