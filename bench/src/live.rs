@@ -213,8 +213,12 @@ detections_topic = ""
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let modes: [(&'static str, &str); 4] = [
+    let modes: [(&'static str, &str); 5] = [
         ("LL-HLS (hls.js lowLatencyMode)", ""),
+        (
+            "LL-HLS, hls.js stall/catch-up defaults (before)",
+            "&catchup=0",
+        ),
         ("plain HLS (hls.js, 2 segments back)", "&ll=0"),
         ("hls.js defaults (peer)", "&hlsdefaults=1"),
         ("native HLS (Chromium)", "&player=native"),
@@ -241,7 +245,11 @@ detections_topic = ""
         if let Some(e) = v.get("error") {
             bail!("page driver ({name}): {e}");
         }
-        let path = v["after"]["path"].as_str().unwrap_or("?").to_string();
+        // Stalls hls.js reported (each raised its target latency).
+        let path = match v["after"]["stalls"].as_u64() {
+            Some(n) if v["after"]["path"] == "hls.js" => format!("hls.js, {n} stalls"),
+            _ => v["after"]["path"].as_str().unwrap_or("?").to_string(),
+        };
         let points: Vec<(u64, u64)> = v["samples"]
             .as_array()
             .map(|a| {

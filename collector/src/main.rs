@@ -98,6 +98,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let service = Arc::new(ServiceState::from_env());
             let live = cfg.live.clone().map(camfleet_collector::live::LiveHub::new);
             if !cfg.http.listen.is_empty() {
+                // Playback reads the archive through its own client, so a
+                // slow HDFS read for a viewer never holds up archiving.
+                let playback = match &live {
+                    Some(_) => Some(Arc::new(
+                        camfleet_collector::playback::ArchivePlayback::new(
+                            AnyArchive::open(&cfg.archive.root).await?,
+                        ),
+                    )),
+                    None => None,
+                };
                 let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
                     .install_recorder()
                     .context("cannot install the metrics recorder")?;
@@ -106,9 +116,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     metrics,
                     service: service.clone(),
                     live: live.clone(),
-                    playback: live
-                        .as_ref()
-                        .and_then(|_| camfleet_collector::playback::catalog_for(&cfg.archive.root)),
+                    playback,
                 };
                 camfleet_collector::http::start(&cfg.http, served).await?;
             }
@@ -123,6 +131,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 ));
             }
             if let Some(hub) = live {
+                camfleet_collector::live::start_fleet(&hub)?;
                 camfleet_collector::live::start(hub, &cfg.kafka, &mut processors)?;
             }
             let archive = AnyArchive::open(&cfg.archive.root).await?;

@@ -19,7 +19,7 @@ pub use kafka_security::{
     is_sensitive_property, ClientProperties, KafkaSaslConfig, KafkaTlsConfig, SaslMechanism,
     Secret, SecurityProtocol,
 };
-pub use web::{HttpAuthConfig, HttpTlsConfig, LiveConfig};
+pub use web::{HttpAuthConfig, HttpTlsConfig, LiveConfig, LiveFleetConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -5,6 +5,10 @@
 //
 //   node live_page.cjs URL CAMERA SCREENSHOT SECONDS [TOKEN]
 //
+// With CAMFLEET_DRIVE=timeline it first waits for the camera's archive
+// timeline to show a gap, clicks the start of its first recorded stretch
+// and samples the archive playback that click starts; the JSON also holds
+// the timeline, the gap elements drawn and the export link.
 // Each sample: which path played (hls.js or native), currentTime, decoded
 // frames, the picture's luma statistics (through a canvas), the test
 // pattern's frame number read from the barcode, overlay boxes drawn.
@@ -51,6 +55,7 @@ function sample(cam) {
   }
   return {
     path: p.path,
+    source: p.source,
     now_ms: Date.now(),
     currentTime: v.currentTime,
     frames: q.totalVideoFrames,
@@ -64,6 +69,8 @@ function sample(cam) {
     detectionsAvailable: window.camfleet.detectionsAvailable,
     errors: window.camfleet.errors,
     lowLatencyMode: p.hls ? p.hls.config.lowLatencyMode : null,
+    stalls: p.stalls,
+    targetLatency: p.hls ? p.hls.targetLatency : null,
     hlsjsLatencyMs: p.hls && p.hls.playingDate ? Date.now() - p.hls.playingDate.getTime() : null,
   };
 }
@@ -86,6 +93,36 @@ function sample(cam) {
       if (!r.ok()) throw new Error("login: " + r.status());
     }
     await page.goto(url, { waitUntil: "load", timeout: 20000 });
+    let timeline = null;
+    if (process.env.CAMFLEET_DRIVE === "timeline") {
+      await page.waitForFunction(
+        (cam) => window.camfleet && window.camfleet.timelines[cam] && window.camfleet.timelines[cam].holes.length > 0,
+        { timeout: 40000, polling: 200 },
+        camera,
+      );
+      timeline = await page.evaluate((cam) => {
+        const card = document.getElementById("cam-" + cam);
+        const t = window.camfleet.timelines[cam];
+        const box = (el) => { const r = el.getBoundingClientRect(); return { x: r.left, y: r.top, w: r.width, h: r.height }; };
+        return {
+          spans: t.spans, holes: t.holes, segments: t.segments,
+          segBoxes: [...card.querySelectorAll(".timeline .seg")].map(box),
+          holeBoxes: [...card.querySelectorAll(".timeline .hole")].map(box),
+          summary: card.querySelector(".tlsum").textContent,
+          fleet: card.querySelector(".fleet") ? card.querySelector(".fleet").textContent : null,
+        };
+      }, camera);
+      const first = timeline.segBoxes[0];
+      await page.mouse.click(first.x + 2, first.y + first.h / 2);
+      await page.waitForFunction(
+        (cam) => window.camfleet.players[cam].source === "archive",
+        { timeout: 10000, polling: 100 },
+        camera,
+      );
+      timeline.exportHref = await page.evaluate(
+        (cam) => document.getElementById("cam-" + cam).querySelector(".export").href, camera);
+      timeline.selection = await page.evaluate((cam) => window.camfleet.timelines[cam].selection, camera);
+    }
     await page.waitForFunction(
       (cam) => window.camfleet && window.camfleet.players[cam] && window.camfleet.players[cam].video.currentTime > 0,
       { timeout: 40000, polling: 100 },
@@ -100,7 +137,7 @@ function sample(cam) {
     }
     const after = await page.evaluate(sample, camera);
     await page.screenshot({ path: screenshot });
-    console.log(JSON.stringify({ before, after, samples, logs }));
+    console.log(JSON.stringify({ before, after, samples, logs, timeline }));
   } catch (e) {
     console.log(JSON.stringify({ error: String(e), logs }));
     process.exitCode = 1;

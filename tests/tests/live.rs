@@ -451,6 +451,9 @@ fn live_auth_without_credentials_gets_401_and_nothing_else_over_tls() {
         "/metrics",
         "/vendor/hls.min.js",
         "/live/other/cam/index.m3u8",
+        "/archive/live/gate/index.m3u8?from=0&to=86400",
+        "/archive/live/gate/export.ts?from=0&to=86400",
+        "/api/archive/live/gate?from=0&to=86400",
     ];
     let wrong_basic = ["-u", "ops:wrong"];
     let wrong_bearer = ["-H", "Authorization: Bearer tok-0123456789abcdef-XYy"];
@@ -617,5 +620,346 @@ fn live_two_collectors_each_serve_their_partitions_cameras_and_one_takes_over() 
             },
         );
     }
+    drop(collectors);
+}
+
+/// Sum of `frames` over the timeline API's segments (0 while unreadable).
+fn timeline_frames(timeline: &serde_json::Value) -> u64 {
+    timeline["segments"]
+        .as_array()
+        .map_or(0, |s| s.iter().map(|r| r["frames"].as_u64().unwrap()).sum())
+}
+
+/// Archive playback on HDFS, from the index: two runs of one camera (the
+/// restart starts a new stream epoch, a new media clock) are one VOD
+/// playlist with one discontinuity; ffprobe plays it from the collector
+/// over HTTP to the end; segments are immutable with strong ETags and
+/// byte ranges; the timeline API lists both runs; the export endpoint
+/// streams the range as one .ts that ffprobe reads with the expected
+/// duration.
+#[test]
+fn archive_vod_from_hdfs_plays_across_an_epoch_change_with_ranges_and_export() {
+    let run = Scenario::new("vod-hdfs", 1);
+    let root = format!("{}/camfleet-test/{}", run.services.hdfs, run.topic);
+    let addr = free_local_addr();
+    let base = format!("http://{addr}");
+    let config = run.collector_config(&root).replace(
+        "[http]\nlisten = \"\"\n",
+        &format!("[http]\nlisten = \"{addr}\"\n[live]\ndetections_topic = \"\"\n"),
+    );
+    let _collector = run.spawn("collector", "camfleet-collector", &config);
+    let cam = |frames| PatternCamera { frames, ..camera() };
+    let t_start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 5;
+    run.agent(&cam(45), "")
+        .wait_success(Duration::from_secs(60));
+    run.agent(&cam(30), "")
+        .wait_success(Duration::from_secs(60));
+    let api = format!(
+        "{base}/api/archive/{CAMERA}?from={t_start}&to={}",
+        t_start + 600
+    );
+    let mut timeline = serde_json::Value::Null;
+    wait_until(Duration::from_secs(60), "75 frames in the index", || {
+        let r = curl(&api, &[]);
+        timeline = serde_json::from_slice(&r.body).unwrap_or_default();
+        r.status == 200 && timeline_frames(&timeline) == 75
+    });
+    let segs = timeline["segments"].as_array().unwrap();
+    let epochs: std::collections::BTreeSet<u64> =
+        segs.iter().map(|s| s["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs.len(), 2, "{timeline}");
+    let from_us = segs[0]["start_capture_us"].as_i64().unwrap();
+    let to_us = segs.last().unwrap()["end_capture_us"].as_i64().unwrap();
+    let secs = |us: i64| format!("{}.{:06}", us / 1_000_000, us % 1_000_000);
+    let range = format!("from={}&to={}", secs(from_us), secs(to_us));
+
+    // The VOD playlist: both runs, one discontinuity between them.
+    let vod_url = format!("{base}/archive/{CAMERA}/index.m3u8?{range}");
+    let vod = curl(&vod_url, &[]);
+    assert_eq!(vod.status, 200, "{}", vod.text());
+    let text = vod.text();
+    assert_eq!(text.matches("#EXT-X-DISCONTINUITY").count(), 1, "{text}");
+    assert_eq!(
+        text.matches("#EXT-X-PROGRAM-DATE-TIME").count(),
+        2,
+        "{text}"
+    );
+    let uris = segment_uris(&text);
+    assert_eq!(uris.len(), segs.len(), "{text}");
+
+    // ffprobe, an independent player, reads the playlist from the
+    // collector and every frame of both runs.
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(&vod_url)
+        .output()
+        .expect("ffprobe");
+    // (HLS lists the stream under its program too: the first line counts.)
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().next(),
+        Some("75"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The segments hold the test pattern's frames: run 1 then run 2.
+    let mut numbers = Vec::new();
+    for (i, uri) in uris.iter().enumerate() {
+        let file = run.dir.path().join(format!("vod-{i}.ts"));
+        let r = curl(&format!("{base}/archive/{CAMERA}/{uri}"), &[]);
+        assert_eq!(r.status, 200);
+        std::fs::write(&file, &r.body).unwrap();
+        numbers.extend(frame_numbers(&file, 320, 192));
+    }
+    assert_eq!(numbers, (0..45).chain(0..30).collect::<Vec<_>>());
+
+    // A closed segment: immutable, strong ETag, 304, byte ranges.
+    let closed = segs.iter().position(|s| s["complete"] == true).unwrap();
+    let seg_url = format!("{base}/archive/{CAMERA}/{}", uris[closed]);
+    let whole = curl(&seg_url, &[]);
+    assert_eq!(
+        whole.header("cache-control").as_deref(),
+        Some("public, max-age=31536000, immutable")
+    );
+    assert_eq!(whole.header("accept-ranges").as_deref(), Some("bytes"));
+    let etag = whole.header("etag").unwrap();
+    assert!(etag.starts_with('"') && !etag.starts_with("W/"), "{etag}");
+    let again = curl(&seg_url, &["-H", &format!("If-None-Match: {etag}")]);
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    let part = curl(&seg_url, &["-H", "Range: bytes=188-375"]);
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, whole.body[188..376]);
+    let len = whole.body.len();
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 188-375/{len}"))
+    );
+    let tail = curl(&seg_url, &["-H", "Range: bytes=-188"]);
+    assert_eq!(tail.status, 206);
+    assert_eq!(tail.body, whole.body[len - 188..]);
+    let past = curl(&seg_url, &["-H", &format!("Range: bytes={len}-")]);
+    assert_eq!(past.status, 416);
+    assert_eq!(past.header("content-range"), Some(format!("bytes */{len}")));
+    // A stale copy (If-Range with another validator) gets the whole file.
+    let stale = curl(
+        &seg_url,
+        &["-H", "Range: bytes=0-9", "-H", "If-Range: \"0-00000000\""],
+    );
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.body, whole.body);
+    // A name the index does not list is not served, whatever the archive holds.
+    let unlisted = uris[closed].replace(".ts", "9.ts");
+    assert_eq!(
+        curl(&format!("{base}/archive/{CAMERA}/{unlisted}"), &[]).status,
+        404
+    );
+
+    // The export endpoint: the range as one file on one timeline.
+    let export = curl(&format!("{base}/archive/{CAMERA}/export.ts?{range}"), &[]);
+    assert_eq!(export.status, 200);
+    assert!(export
+        .header("content-disposition")
+        .is_some_and(|d| d.starts_with("attachment; filename=\"live_gate_")));
+    let file = run.dir.path().join("export.ts");
+    std::fs::write(&file, &export.body).unwrap();
+    assert_eq!(
+        frame_numbers(&file, 320, 192),
+        (0..45).chain(0..30).collect::<Vec<_>>()
+    );
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let duration: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(
+        (duration - 5.0).abs() <= 1.0 / 15.0 + 0.01,
+        "export lasts {duration} s"
+    );
+
+    // Bad requests name what is wrong.
+    let bad = curl(&format!("{base}/api/archive/{CAMERA}?from=1&to=1"), &[]);
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.text().contains("`to` must be after `from`"),
+        "{}",
+        bad.text()
+    );
+    let long = curl(
+        &format!("{base}/archive/{CAMERA}/export.ts?from=0&to=90000"),
+        &[],
+    );
+    assert_eq!(long.status, 400);
+    assert!(long.text().contains("24 hours"), "{}", long.text());
+    let empty = curl(
+        &format!("{base}/archive/{CAMERA}/index.m3u8?from=1000&to=2000"),
+        &[],
+    );
+    assert_eq!(empty.status, 404);
+}
+
+/// The camera list of `base`'s `/api/cameras` (Null while unreadable).
+fn camera_api(base: &str) -> serde_json::Value {
+    serde_json::from_slice(&curl(&format!("{base}/api/cameras"), &[]).body).unwrap_or_default()
+}
+
+/// `[live.fleet]` with real Mosquitto, real agents and two collectors in
+/// one group on real Kafka: each instance announces the cameras it serves
+/// and answers a request for the other's camera with 307 to the owner
+/// (ffprobe, following it, plays the live stream from either address);
+/// the camera API carries each camera's agent status and telemetry from
+/// the agents' retained topics; an agent killed shows offline (its MQTT
+/// will), and a collector killed stops being redirected to.
+#[test]
+fn live_fleet_redirects_to_the_owning_collector_and_shows_agent_status() {
+    let run = Scenario::new("livefleet", 2);
+    let prefix = format!("cf-{}", run.topic.replace('.', "-"));
+    let (host, port) = mqtt_plain();
+    let (c0, c1) = cameras_on_both_partitions();
+    let cams = [c0.clone(), c1.clone()];
+    let addrs = [free_local_addr(), free_local_addr()];
+    let bases: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let mut collectors: Vec<Option<Proc>> = bases
+        .iter()
+        .enumerate()
+        .map(|(i, base)| {
+            let config = live_collector_config(
+                &run,
+                &format!("[http]\nlisten = \"{}\"", &base["http://".len()..]),
+                &format!(
+                    "[live]\ndetections_topic = \"\"\n[live.fleet]\nurl = \"mqtt://{host}:{port}\"\n\
+                     topic_prefix = \"{prefix}\"\nkeep_alive_s = 5\nannounce_url = \"{base}\"\n\
+                     instance_id = \"collector-{i}\""
+                ),
+            );
+            Some(run.spawn(&format!("collector-{i}"), "camfleet-collector", &config))
+        })
+        .collect();
+    let mut agents: Vec<Option<Proc>> = cams
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mqtt = format!(
+                "[mqtt]\nurl = \"mqtt://{host}:{port}\"\nagent_id = \"box-{i}\"\n\
+                 topic_prefix = \"{prefix}\"\ntelemetry_period_s = 1\nkeep_alive_s = 5\n"
+            );
+            Some(run.agent_with(&PatternCamera { id, ..camera() }, "", &mqtt))
+        })
+        .collect();
+
+    // Each instance serves one camera and knows where the other is.
+    let mut owner = [0usize; 2];
+    wait_until(
+        Duration::from_secs(60),
+        "each instance serving one camera, announced to the other",
+        || {
+            let apis: Vec<serde_json::Value> = bases.iter().map(|b| camera_api(b)).collect();
+            for (k, cam) in cams.iter().enumerate() {
+                let Some(i) = apis.iter().position(|a| {
+                    a["cameras"]
+                        .as_array()
+                        .is_some_and(|l| l.len() == 1 && l[0]["camera"] == cam.as_str())
+                }) else {
+                    return false;
+                };
+                owner[k] = i;
+                let elsewhere = &apis[1 - i]["elsewhere"];
+                if *elsewhere != serde_json::json!([{"camera": cam, "url": bases[i]}]) {
+                    return false;
+                }
+            }
+            owner[0] != owner[1]
+        },
+    );
+    for (k, cam) in cams.iter().enumerate() {
+        let path = format!("/live/{cam}/index.m3u8");
+        let (mine, other) = (&bases[owner[k]], &bases[1 - owner[k]]);
+        wait_until(Duration::from_secs(20), "owner's playlist", || {
+            curl(&format!("{mine}{path}"), &[]).status == 200
+        });
+        let r = curl(&format!("{other}{path}?_HLS_msn=1"), &[]);
+        assert_eq!(r.status, 307, "{}", r.text());
+        assert_eq!(
+            r.header("location"),
+            Some(format!("{mine}{path}?_HLS_msn=1"))
+        );
+        // ffprobe follows the redirect and reads the live stream.
+        let out = Command::new("ffprobe")
+            .args(["-v", "error", "-rw_timeout", "15000000"])
+            .args(["-show_entries", "stream=codec_name,width", "-of", "csv=p=0"])
+            .arg(format!("{other}{path}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().next(),
+            Some("h264,320"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Fleet status: each camera's agent, online, its telemetry.
+    for (k, cam) in cams.iter().enumerate() {
+        let mut row = serde_json::Value::Null;
+        wait_until(Duration::from_secs(30), "agent status in the API", || {
+            row = camera_api(&bases[owner[k]])["cameras"][0]["fleet"].clone();
+            row["state"] == "online" && row["fps"].as_f64().is_some_and(|f| f > 10.0)
+        });
+        assert_eq!(row["agent_id"], format!("box-{k}"), "{cam}: {row}");
+        assert_eq!(row["camera_up"], true, "{row}");
+        assert_eq!(row["kafka"], "ok", "{row}");
+        assert!(row["telemetry_age_s"].as_f64().unwrap() < 5.0, "{row}");
+    }
+    // A payload that is not JSON is ignored and counted; status stays.
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", &host, "-p", &port, "-t"])
+        .arg(format!("{prefix}/agents/box-0/status"))
+        .args(["-m", "not json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    wait_until(Duration::from_secs(10), "rejected message counted", || {
+        curl(&format!("{}/metrics", bases[owner[0]]), &[])
+            .text()
+            .contains("camfleet_collector_fleet_messages_rejected_total")
+    });
+    assert_eq!(
+        camera_api(&bases[owner[0]])["cameras"][0]["fleet"]["state"],
+        "online"
+    );
+    // An agent killed: the broker publishes its will, the API says offline.
+    agents[0].take().unwrap().signal("KILL");
+    wait_until(Duration::from_secs(30), "killed agent offline", || {
+        let row = camera_api(&bases[owner[0]])["cameras"][0]["fleet"].clone();
+        row["state"] == "offline" && row["reason"] == "connection lost"
+    });
+
+    // A collector killed: its will withdraws its cameras; the survivor
+    // stops redirecting there and serves both once the group moved the
+    // partition.
+    let survivor = 1 - owner[1];
+    collectors[owner[1]].take().unwrap().signal("KILL");
+    let path = format!("/live/{c1}/index.m3u8");
+    wait_until(Duration::from_secs(60), "the survivor serving it", || {
+        curl(&format!("{}{path}", bases[survivor]), &[]).status == 200
+    });
+    assert_eq!(
+        camera_api(&bases[survivor])["elsewhere"],
+        serde_json::json!([])
+    );
+    drop(agents);
     drop(collectors);
 }

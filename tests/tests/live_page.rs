@@ -93,16 +93,28 @@ fn feed_detections(
 
 /// Runs the page driver; returns its JSON.
 fn drive(url: &str, screenshot: &str, seconds: u32) -> serde_json::Value {
+    drive_mode(url, CAMERA, screenshot, seconds, "")
+}
+
+/// Runs the page driver on `camera` in `mode` (`""` or `timeline`).
+fn drive_mode(
+    url: &str,
+    camera: &str,
+    screenshot: &str,
+    seconds: u32,
+    mode: &str,
+) -> serde_json::Value {
     let out = Command::new("timeout")
         .args(["120", "node"])
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/browser/live_page.cjs"
         ))
-        .args([url, CAMERA])
+        .args([url, camera])
         .arg(artifacts().join(screenshot))
         .arg(seconds.to_string())
         .env("CAMFLEET_WEB", web_dir())
+        .env("CAMFLEET_DRIVE", mode)
         .output()
         .expect("node (Debian) runs the page driver");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -250,5 +262,137 @@ fn live_page_plays_the_camera_in_chromium_via_hlsjs_and_native_hls_with_detectio
         std::fs::metadata(&shot).unwrap().len() > 10_000,
         "{}",
         shot.display()
+    );
+}
+
+/// The archive timeline under a camera: two runs of the camera 4 s apart
+/// are two recorded stretches with a gap drawn between them; a click on
+/// the first plays the archive from there (currentTime and decoded frames
+/// rise, the picture is the camera's first frames); the export link
+/// downloads one .ts of both runs that ffprobe reads as 6 s.
+#[test]
+fn live_page_archive_timeline_shows_the_gap_plays_a_click_and_exports() {
+    const YARD: &str = "page/yard";
+    let run = Scenario::new("timeline", 1);
+    let (host, port) = mqtt_plain();
+    let prefix = format!("cf-{}", run.topic.replace('.', "-"));
+    let addr = free_local_addr();
+    let root = run.dir.path().join("archive");
+    let vendor = web_dir().join("node_modules/hls.js/dist");
+    let config = run.collector_config(root.to_str().unwrap()).replace(
+        "[http]\nlisten = \"\"\n",
+        &format!(
+            "[http]\nlisten = \"{addr}\"\nweb_vendor_dir = \"{}\"\n[live]\ndetections_topic = \"\"\n\
+             [live.fleet]\nurl = \"mqtt://{host}:{port}\"\ntopic_prefix = \"{prefix}\"\n",
+            vendor.display()
+        ),
+    );
+    let _collector = run.spawn("collector", "camfleet-collector", &config);
+    // The agent reports to the fleet: the page shows its status.
+    let mqtt = format!(
+        "[mqtt]\nurl = \"mqtt://{host}:{port}\"\nagent_id = \"yard-box\"\n\
+         topic_prefix = \"{prefix}\"\ntelemetry_period_s = 1\n"
+    );
+    let cam = PatternCamera {
+        id: YARD,
+        width: 320,
+        height: 192,
+        fps: 15,
+        frames: 45,
+        paced: true,
+    };
+    run.agent_with(&cam, "", &mqtt)
+        .wait_success(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(4));
+    run.agent_with(&cam, "", &mqtt)
+        .wait_success(Duration::from_secs(60));
+    wait_until(Duration::from_secs(60), "90 frames in the index", || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let (status, body) = http_get_status(
+            &addr,
+            &format!("/api/archive/{YARD}?from={}&to={}", now - 600, now + 60),
+        );
+        status == 200
+            && serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| {
+                v["segments"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["frames"].as_u64().unwrap())
+                    .sum::<u64>()
+                    == 90
+            })
+    });
+
+    let v = drive_mode(
+        &format!("http://{addr}/?camera={YARD}&timeline=60"),
+        YARD,
+        "live-page-timeline.png",
+        2,
+        "timeline",
+    );
+    let t = &v["timeline"];
+    assert_eq!(t["spans"].as_array().unwrap().len(), 2, "{t}");
+    let holes = t["holes"].as_array().unwrap();
+    assert_eq!(holes.len(), 1, "{t}");
+    let gap_s = (holes[0][1].as_f64().unwrap() - holes[0][0].as_f64().unwrap()) / 1000.0;
+    assert!((3.5..15.0).contains(&gap_s), "gap of {gap_s} s: {t}");
+    let hole_boxes = t["holeBoxes"].as_array().unwrap();
+    assert_eq!(hole_boxes.len(), 1, "{t}");
+    assert!(hole_boxes[0]["w"].as_f64().unwrap() >= 4.0, "{t}");
+    assert!(t["summary"].as_str().unwrap().contains("1 gaps"), "{t}");
+    // Fleet status from the agent's retained MQTT topics: it stopped cleanly.
+    let fleet = t["fleet"].as_str().unwrap_or_default();
+    assert!(
+        fleet.contains("agent yard-box offline (stopped)") && fleet.contains("fps"),
+        "{t}"
+    );
+
+    // The click played the archive from the first run's start.
+    assert_eq!(v["after"]["source"], "archive", "{}", v["after"]);
+    assert_played(&v, 2.0, "hls.js");
+    assert!(
+        v["before"]["frameNumber"].as_u64().unwrap() < 15,
+        "{}",
+        v["before"]
+    );
+
+    // The export link: both runs, one timeline, 6 s.
+    let href = t["exportHref"].as_str().unwrap();
+    assert!(
+        href.contains("/archive/page/yard/export.ts?from="),
+        "{href}"
+    );
+    let file = run.dir.path().join("export.ts");
+    let ok = Command::new("curl")
+        .args(["-sSf", "--max-time", "30", "-o"])
+        .arg(&file)
+        .arg(href)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert_eq!(
+        frame_numbers(&file, 320, 192),
+        (0..45).chain(0..45).collect::<Vec<_>>()
+    );
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let duration: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(
+        (duration - 6.0).abs() <= 1.0 / 15.0 + 0.01,
+        "export lasts {duration} s"
     );
 }

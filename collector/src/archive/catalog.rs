@@ -167,6 +167,36 @@ pub async fn record_segment<A: Archive>(
     save_hour(archive, &dir, &idx, changed).await
 }
 
+/// Segments and gaps of `camera` overlapping `[from, to)` (either bound
+/// optional), read from the index of the hours the range touches, oldest
+/// first. Used by `archive ls/export` and by HTTP playback: the index, not
+/// a listing of segment files, is what the archive holds.
+pub async fn select_range<A: Archive>(
+    archive: &A,
+    camera: &CameraId,
+    from_us: Option<i64>,
+    to_us: Option<i64>,
+) -> Result<(Vec<SegmentRow>, Vec<GapRow>), CatalogError> {
+    // A segment is filed under the hour of its first frame but may run past
+    // it: look one hour further back.
+    let hours = camera_hours(archive, camera, from_us.map(|f| f - HOUR_US), to_us).await?;
+    let (mut segs, mut gaps) = (Vec::new(), Vec::new());
+    for h in hours {
+        let idx = load_hour(archive, &h.dir).await?;
+        segs.extend(idx.segments.into_values().filter(|r| {
+            from_us.is_none_or(|f| r.end_capture_us > f)
+                && to_us.is_none_or(|t| r.start_capture_us < t)
+        }));
+        gaps.extend(idx.gaps.into_values().filter(|g| {
+            from_us.is_none_or(|f| g.next_capture_us >= f)
+                && to_us.is_none_or(|t| g.next_capture_us < t)
+        }));
+    }
+    segs.sort_by_key(|r| (r.start_capture_us, r.first_seq));
+    gaps.sort_by_key(|g| g.first_missing_seq);
+    Ok((segs, gaps))
+}
+
 /// Every camera in the archive (`site/camera` directories), sorted.
 pub async fn cameras<A: Archive>(archive: &A) -> Result<Vec<CameraId>, CatalogError> {
     let mut out = Vec::new();

@@ -4,9 +4,9 @@
 //! This is binary-edge code (anyhow errors, printing); the library parts it
 //! calls are `catalog`, `retention` and `mpegts`.
 
-use super::catalog::{self, HourDir};
+use super::catalog;
 use super::index::{GapRow, SegmentRow};
-use super::{mpegts, retention, AnyArchive, Archive};
+use super::{export, retention, AnyArchive, Archive};
 use anyhow::{bail, Context};
 use camfleet_shared::config::CollectorConfig;
 use camfleet_shared::CameraId;
@@ -121,39 +121,6 @@ fn rfc3339(us: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// Segments (and gaps) of `camera` overlapping `[from, to)`, oldest first.
-async fn select(
-    archive: &AnyArchive,
-    camera: &CameraId,
-    from_us: Option<i64>,
-    to_us: Option<i64>,
-) -> anyhow::Result<(Vec<SegmentRow>, Vec<GapRow>)> {
-    // A segment is filed under the hour of its first frame but may run past
-    // it: look one hour further back.
-    let hours: Vec<HourDir> = catalog::camera_hours(
-        archive,
-        camera,
-        from_us.map(|f| f - catalog::HOUR_US),
-        to_us,
-    )
-    .await?;
-    let (mut segs, mut gaps) = (Vec::new(), Vec::new());
-    for h in hours {
-        let idx = catalog::load_hour(archive, &h.dir).await?;
-        segs.extend(idx.segments.into_values().filter(|r| {
-            from_us.is_none_or(|f| r.end_capture_us > f)
-                && to_us.is_none_or(|t| r.start_capture_us < t)
-        }));
-        gaps.extend(idx.gaps.into_values().filter(|g| {
-            from_us.is_none_or(|f| g.next_capture_us >= f)
-                && to_us.is_none_or(|t| g.next_capture_us < t)
-        }));
-    }
-    segs.sort_by_key(|r| (r.start_capture_us, r.first_seq));
-    gaps.sort_by_key(|g| g.first_missing_seq);
-    Ok((segs, gaps))
-}
-
 pub async fn run(command: ArchiveCommand) -> anyhow::Result<()> {
     let now = Utc::now();
     match command {
@@ -178,7 +145,7 @@ pub async fn run(command: ArchiveCommand) -> anyhow::Result<()> {
             };
             let (mut segs, mut gaps) = (Vec::new(), Vec::new());
             for c in &cameras {
-                let (s, g) = select(&archive, c, from_us, to_us).await?;
+                let (s, g) = catalog::select_range(&archive, c, from_us, to_us).await?;
                 segs.extend(s);
                 gaps.extend(g);
             }
@@ -378,9 +345,9 @@ async fn export(
     output: &std::path::Path,
 ) -> anyhow::Result<()> {
     let (from_us, to_us) = (from.timestamp_micros(), to.timestamp_micros());
-    let (segs, _) = select(archive, camera, Some(from_us), Some(to_us)).await?;
+    let (segs, _) = catalog::select_range(archive, camera, Some(from_us), Some(to_us)).await?;
     if segs.is_empty() {
-        let (all, _) = select(archive, camera, None, None).await?;
+        let (all, _) = catalog::select_range(archive, camera, None, None).await?;
         let held = match (all.first(), all.last()) {
             (Some(a), Some(b)) => format!(
                 "it holds {} .. {}",
@@ -417,8 +384,7 @@ async fn export(
         std::fs::File::create(&part)
             .with_context(|| format!("cannot create {}", part.display()))?,
     );
-    let mut timeline = Timeline::default();
-    let (mut frames_out, mut first_kf_seen) = (0u64, false);
+    let mut range = export::RangeExport::new(from_us, to_us);
     for row in &segs {
         let bytes = archive.get(&row.path).await?.with_context(|| {
             format!(
@@ -426,48 +392,16 @@ async fn export(
                 archive.location(&row.path)
             )
         })?;
-        let frames = mpegts::demux_segment(&bytes)
+        let ts = range
+            .segment(row, &bytes)
             .with_context(|| format!("cannot read {}", archive.location(&row.path)))?;
         drop(bytes);
-        let keep = trim(row, &frames, from_us, to_us);
-        let kept: Vec<&mpegts::DemuxedFrame> = frames[keep].iter().collect();
-        if kept.is_empty() {
-            bar.inc(row.bytes);
-            continue;
-        }
-        if !first_kf_seen && !kept[0].keyframe {
-            // The segment opens mid-GOP only after a gap in the stream
-            // itself; skip to its first keyframe so the export starts decodable.
-            tracing::warn!(path = %row.path, "segment starts without a keyframe; skipping to the first one");
-        }
-        let start = if first_kf_seen {
-            0
-        } else {
-            kept.iter().position(|f| f.keyframe).unwrap_or(kept.len())
-        };
-        let kept = &kept[start..];
-        if kept.is_empty() {
-            bar.inc(row.bytes);
-            continue;
-        }
-        first_kf_seen = true;
-        let frame_ticks =
-            (row.media_duration_us.max(1) as u64 * 90 / 1000) / row.frames.max(1) as u64;
-        let ts_frames: Vec<mpegts::TsFrame<'_>> = kept
-            .iter()
-            .map(|f| mpegts::TsFrame {
-                pts_90k: timeline.map(row, f.pts_90k, frame_ticks.max(1)),
-                keyframe: f.keyframe,
-                annex_b: &f.annex_b,
-            })
-            .collect();
-        out.write_all(&mpegts::mux_segment(&ts_frames))
+        out.write_all(&ts)
             .with_context(|| format!("cannot write {}", part.display()))?;
-        frames_out += ts_frames.len() as u64;
         bar.inc(row.bytes);
     }
     bar.finish_and_clear();
-    if frames_out == 0 {
+    if range.frames_out() == 0 {
         let _ = std::fs::remove_file(&part);
         bail!("no decodable video of {camera} in the range (no keyframe in it)");
     }
@@ -477,86 +411,13 @@ async fn export(
     std::fs::rename(&part, output)
         .with_context(|| format!("cannot rename {} to {}", part.display(), output.display()))?;
     eprintln!(
-        "exported {frames_out} frames of {camera} from {} segments ({:.1} s) to {}",
+        "exported {} frames of {camera} from {} segments ({:.1} s) to {}",
+        range.frames_out(),
         segs.len(),
-        timeline.out_ticks_end as f64 / 90_000.0,
+        range.duration_s(),
         output.display()
     );
     Ok(())
-}
-
-/// The frames of a segment to keep for `[from, to)`: from the last keyframe
-/// at or before `from` (each frame's capture time is estimated from the
-/// segment's start and the frame's media time) to the last frame before `to`.
-fn trim(
-    row: &SegmentRow,
-    frames: &[mpegts::DemuxedFrame],
-    from_us: i64,
-    to_us: i64,
-) -> std::ops::Range<usize> {
-    let Some(first) = frames.first() else {
-        return 0..0;
-    };
-    let at = |f: &mpegts::DemuxedFrame| {
-        let ticks = f.pts_90k.wrapping_sub(first.pts_90k) & ((1 << 33) - 1);
-        row.start_capture_us + (ticks * 1000 / 90) as i64
-    };
-    let mut start = 0;
-    for (i, f) in frames.iter().enumerate() {
-        if f.keyframe && at(f) <= from_us {
-            start = i;
-        }
-    }
-    let end = frames
-        .iter()
-        .rposition(|f| at(f) < to_us)
-        .map_or(0, |i| i + 1);
-    start..end.max(start)
-}
-
-/// Maps each segment's media time onto one continuous output timeline.
-#[derive(Default)]
-struct Timeline {
-    /// (epoch, last sequence number, last input PTS) of the previous segment.
-    prev: Option<(u64, u64, u64)>,
-    /// Output PTS of the previous frame, and where the next would fall.
-    last_out: Option<u64>,
-    out_ticks_end: u64,
-    /// Input PTS of the segment's first frame, and its output PTS.
-    base: (u64, u64),
-    segment: Option<u64>,
-}
-
-impl Timeline {
-    fn map(&mut self, row: &SegmentRow, pts_in: u64, frame_ticks: u64) -> u64 {
-        const MASK: u64 = (1 << 33) - 1;
-        if self.segment != Some(row.first_seq) {
-            // A new segment: continue the previous one's clock if it follows
-            // it directly in the same epoch, else start right after it.
-            let out = match (self.prev, self.last_out) {
-                (Some((epoch, last_seq, last_pts)), Some(last_out))
-                    if epoch == row.epoch && last_seq + 1 == row.first_seq =>
-                {
-                    let d = pts_in.wrapping_sub(last_pts) & MASK;
-                    last_out
-                        + if d > 0 && d < 10 * 90_000 {
-                            d
-                        } else {
-                            frame_ticks
-                        }
-                }
-                (_, Some(last_out)) => last_out + frame_ticks,
-                _ => 0,
-            };
-            self.base = (pts_in, out);
-            self.segment = Some(row.first_seq);
-        }
-        let out = self.base.1 + (pts_in.wrapping_sub(self.base.0) & MASK);
-        self.last_out = Some(out);
-        self.out_ticks_end = out + frame_ticks;
-        self.prev = Some((row.epoch, row.last_seq, pts_in));
-        out
-    }
 }
 
 #[cfg(test)]
@@ -591,63 +452,5 @@ mod tests {
             let e = parse_time(bad, now).unwrap_err().to_string();
             assert!(e.contains(bad), "{bad}: {e}");
         }
-    }
-
-    fn row(first: u64, frames: u32, epoch: u64, start_us: i64) -> SegmentRow {
-        SegmentRow {
-            camera: "s/c".into(),
-            first_seq: first,
-            last_seq: first + frames as u64 - 1,
-            start_capture_us: start_us,
-            end_capture_us: start_us + frames as i64 * 100_000,
-            media_duration_us: frames as i64 * 100_000,
-            frames,
-            keyframes: 1,
-            bytes: 1,
-            path: String::new(),
-            epoch,
-            width: 1,
-            height: 1,
-            complete: true,
-        }
-    }
-
-    fn frames(n: u64, gop: u64, pts0: u64) -> Vec<mpegts::DemuxedFrame> {
-        (0..n)
-            .map(|i| mpegts::DemuxedFrame {
-                pts_90k: pts0 + i * 9000,
-                keyframe: i % gop == 0,
-                annex_b: Vec::new(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn trim_starts_at_the_keyframe_before_from_and_ends_before_to() {
-        // 10 fps, 40 frames, keyframes every 10 (1 s); segment starts at t=0.
-        let r = row(0, 40, 1, 0);
-        let f = frames(40, 10, 500);
-        assert_eq!(trim(&r, &f, 1_500_000, 3_050_000), 10..31);
-        assert_eq!(trim(&r, &f, 0, 10_000_000), 0..40);
-        assert_eq!(
-            trim(&r, &f, -2_000_000, -1_000_000).len(),
-            0,
-            "before the start"
-        );
-    }
-
-    #[test]
-    fn the_timeline_is_continuous_across_segments_and_epochs() {
-        let mut t = Timeline::default();
-        let a = row(0, 3, 1, 0);
-        let b = row(3, 3, 1, 0);
-        let c = row(6, 3, 2, 0); // new epoch: media clock restarted
-        let mut out = Vec::new();
-        for (r, pts) in [(&a, 1000u64), (&b, 28_000), (&c, 0)] {
-            for i in 0..3 {
-                out.push(t.map(r, pts + i * 9000, 9000));
-            }
-        }
-        assert_eq!(out, (0..9).map(|i| i * 9000).collect::<Vec<_>>());
     }
 }

@@ -23,6 +23,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod export;
 pub mod hdfs;
 pub mod index;
 pub mod local;

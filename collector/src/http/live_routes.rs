@@ -14,7 +14,7 @@
 use crate::live::{playlist, LiveHub};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use camfleet_shared::CameraId;
@@ -36,7 +36,23 @@ pub struct BlockQuery {
     part: Option<usize>,
 }
 
-fn not_here(hub: &LiveHub, camera: &str) -> Response {
+/// A camera not served here: 307 to the instance that announces it
+/// (`[live.fleet] announce_url`, same path and query), else 404 with a hint.
+fn not_here(hub: &LiveHub, camera: &str, uri: &Uri) -> Response {
+    if let Some(owner) = hub.fleet.get().and_then(|f| f.owner_of(camera)) {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(location) = HeaderValue::from_str(&format!("{owner}{path}")) {
+            metrics::counter!("camfleet_collector_live_redirects_total").increment(1);
+            return (
+                StatusCode::TEMPORARY_REDIRECT,
+                [
+                    (header::LOCATION, location),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+                ],
+            )
+                .into_response();
+        }
+    }
     let here: Vec<String> = hub
         .cameras()
         .keys()
@@ -45,8 +61,9 @@ fn not_here(hub: &LiveHub, camera: &str) -> Response {
     let body = serde_json::json!({
         "error": format!("camera {camera} is not live on this collector"),
         "hint": "each camera is served by the collector instance that consumes its Kafka \
-                 partition; ask the others (their /api/cameras), or check that the camera \
-                 sends video",
+                 partition; with [live.fleet] announce_url set on every instance this \
+                 answer is a redirect to it; else ask the others (their /api/cameras), \
+                 or check that the camera sends video",
         "cameras_here": here,
     });
     (
@@ -80,6 +97,7 @@ pub async fn playlist(
     State(st): State<LiveState>,
     Path((site, camera)): Path<(String, String)>,
     Query(q): Query<BlockQuery>,
+    uri: Uri,
 ) -> Response {
     let Some(id) = camera_id(&site, &camera) else {
         return (StatusCode::BAD_REQUEST, "bad camera id\n").into_response();
@@ -88,7 +106,7 @@ pub async fn playlist(
     if let Some(msn) = q.msn {
         let next = match hub.cameras().get(&id) {
             Some(c) => c.next_msn(),
-            None => return not_here(hub, id.as_str()),
+            None => return not_here(hub, id.as_str(), &uri),
         };
         // RFC 8216bis 6.2.5.2: more than two segments ahead is an error.
         if msn > next + 2 {
@@ -103,7 +121,7 @@ pub async fn playlist(
         let cameras = hub.cameras();
         let Some(live) = cameras.get(&id) else {
             drop(cameras);
-            return not_here(hub, id.as_str());
+            return not_here(hub, id.as_str(), &uri);
         };
         playlist::render(live, hub.config.playlist_segments)
     };
@@ -161,6 +179,7 @@ pub async fn segment(
     State(st): State<LiveState>,
     Path((site, camera, file)): Path<(String, String, String)>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> Response {
     let (Some(id), Some(name)) = (camera_id(&site, &camera), file.strip_suffix(".ts")) else {
         return (StatusCode::BAD_REQUEST, "bad segment name\n").into_response();
@@ -169,7 +188,7 @@ pub async fn segment(
         let cameras = st.hub.cameras();
         let Some(live) = cameras.get(&id) else {
             drop(cameras);
-            return not_here(&st.hub, id.as_str());
+            return not_here(&st.hub, id.as_str(), &uri);
         };
         live.segment(name).map(|s| s.bytes.clone())
     };
@@ -188,6 +207,7 @@ pub async fn part(
     State(st): State<LiveState>,
     Path((site, camera, file)): Path<(String, String, String)>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> Response {
     let parsed = file.strip_suffix(".ts").and_then(|stem| {
         let (name, index) = stem.rsplit_once('.')?;
@@ -203,7 +223,7 @@ pub async fn part(
         }
     };
     if st.hub.cameras().get(&id).is_none() {
-        return not_here(&st.hub, id.as_str());
+        return not_here(&st.hub, id.as_str(), &uri);
     }
     let mut found = lookup(&st.hub);
     if found == Err(true) {
@@ -241,6 +261,7 @@ pub async fn cameras(State(st): State<LiveState>) -> Response {
                 "health": health,
                 "last_frame_age_ms": age.map(|a| a.as_millis() as u64),
                 "capture_age_ms": now_us.saturating_sub(health.last_capture_us) / 1000,
+                "fleet": st.hub.fleet.get().and_then(|f| f.camera_status(id.as_str())),
             })
         })
         .collect();
@@ -251,6 +272,12 @@ pub async fn cameras(State(st): State<LiveState>) -> Response {
             "cameras": list,
             "detections_available": st.hub.detections_listening(),
             "part_target_ms": st.hub.config.part_target_ms,
+            // null: no [live.fleet]; false: configured, broker not reached.
+            "fleet_connected": st.hub.fleet.get().map(|f| f.connected()),
+            "elsewhere": st.hub.fleet.get().map(|f| f.elsewhere()
+                .into_iter()
+                .map(|(camera, url)| serde_json::json!({"camera": camera, "url": url}))
+                .collect::<Vec<_>>()).unwrap_or_default(),
         })),
     )
         .into_response()

@@ -43,8 +43,8 @@ pub struct Served {
     /// Liveness and readiness of the consume loop (`/healthz`, `/readyz`).
     pub service: Arc<ServiceState>,
     pub live: Option<Arc<LiveHub>>,
-    /// Archive playback (HLS VOD); None = not offered.
-    pub playback: Option<archive_routes::Catalog>,
+    /// Archive playback (HLS VOD), timeline and export; None = not offered.
+    pub playback: Option<Arc<crate::playback::ArchivePlayback>>,
 }
 
 /// The running server.
@@ -90,7 +90,11 @@ pub fn router(config: &HttpConfig, served: Served) -> Result<Router, HttpError> 
             .merge(live)
             .merge(page::routes(config.web_vendor_dir.clone()));
     }
-    if let Some(catalog) = served.playback {
+    if let Some(playback) = served.playback {
+        let state = archive_routes::ArchiveState {
+            playback,
+            public_cache: config.auth.is_none(),
+        };
         let archive = Router::new()
             .route(
                 "/archive/{site}/{camera}/index.m3u8",
@@ -100,7 +104,15 @@ pub fn router(config: &HttpConfig, served: Served) -> Result<Router, HttpError> 
                 "/archive/{site}/{camera}/seg/{y}/{m}/{d}/{h}/{file}",
                 get(archive_routes::segment),
             )
-            .with_state(catalog);
+            .route(
+                "/archive/{site}/{camera}/export.ts",
+                get(archive_routes::export),
+            )
+            .route(
+                "/api/archive/{site}/{camera}",
+                get(archive_routes::timeline),
+            )
+            .with_state(state);
         app = app.merge(archive);
     }
     let creds = match &config.auth {

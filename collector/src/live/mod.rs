@@ -15,6 +15,7 @@
 //! after a restart, never stored.
 
 pub mod detections;
+pub mod fleet;
 pub mod hub;
 pub mod playlist;
 pub mod processor;
@@ -44,6 +45,8 @@ pub struct LiveHub {
     detections: Mutex<HashMap<CameraId, VecDeque<DetectionEntry>>>,
     detections_listening: AtomicBool,
     changed: watch::Sender<u64>,
+    /// Fleet status and the other instances' cameras (`[live.fleet]`).
+    pub fleet: std::sync::OnceLock<Arc<fleet::FleetView>>,
 }
 
 impl LiveHub {
@@ -54,6 +57,7 @@ impl LiveHub {
             detections: Mutex::new(HashMap::new()),
             detections_listening: AtomicBool::new(false),
             changed: watch::channel(0).0,
+            fleet: std::sync::OnceLock::new(),
         })
     }
 
@@ -115,5 +119,14 @@ pub fn start(
         detections::spawn(hub.clone(), kafka, &topic)?;
     }
     processors.push(Box::new(processor::LiveProcessor::new(hub)));
+    Ok(())
+}
+
+/// Starts the fleet link of `[live.fleet]`, if configured.
+pub fn start_fleet(hub: &Arc<LiveHub>) -> Result<(), fleet::FleetError> {
+    if let Some(cfg) = &hub.config.fleet {
+        let view = fleet::start(cfg, hub.clone())?;
+        let _ = hub.fleet.set(view);
+    }
     Ok(())
 }

@@ -1,28 +1,45 @@
 //! The VOD media playlist of a list of archived segments (sans-I/O).
 
-use super::ArchivedSegment;
+use crate::archive::index::SegmentRow;
+use chrono::{DateTime, SecondsFormat, Utc};
 use std::fmt::Write;
 
-/// A new timeline starts where frames are missing (a sequence gap) or the
-/// media time jumps (a new stream epoch): `EXT-X-DISCONTINUITY`.
-fn continues(prev: &ArchivedSegment, next: &ArchivedSegment) -> bool {
-    let expected_pts = prev.first_pts_90k + (prev.duration_s * 90_000.0).round() as u64;
-    let tolerance = 9_000; // 100 ms
-    next.first_seq == prev.first_seq + prev.frames
-        && next.first_pts_90k.abs_diff(expected_pts) <= tolerance
+/// A new timeline starts where frames are missing (a sequence gap) or a new
+/// stream epoch begins (the agent's encoder restarted and its media clock
+/// with it): `EXT-X-DISCONTINUITY`. Hours join without one.
+fn continues(prev: &SegmentRow, next: &SegmentRow) -> bool {
+    next.epoch == prev.epoch && next.first_seq == prev.last_seq + 1
 }
 
-pub fn render(segments: &[ArchivedSegment]) -> String {
-    let longest = segments.iter().map(|s| s.duration_s).fold(1.0f64, f64::max);
+/// `segments` in capture order; each is listed as `seg/<name>` where
+/// `name_of` gives its name below the camera.
+pub fn render<'a>(
+    segments: &'a [SegmentRow],
+    name_of: impl Fn(&'a SegmentRow) -> &'a str,
+) -> String {
+    let secs = |s: &SegmentRow| s.media_duration_us as f64 / 1e6;
+    let longest = segments.iter().map(secs).fold(1.0f64, f64::max);
     let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-PLAYLIST-TYPE:VOD\n");
     let _ = writeln!(out, "#EXT-X-TARGETDURATION:{}", longest.ceil() as u64);
     out.push_str("#EXT-X-MEDIA-SEQUENCE:0\n");
-    let mut prev: Option<&ArchivedSegment> = None;
+    let mut prev: Option<&SegmentRow> = None;
     for s in segments {
-        if prev.is_some_and(|p| !continues(p, s)) {
+        let joined = prev.is_some_and(|p| continues(p, s));
+        if prev.is_some() && !joined {
             out.push_str("#EXT-X-DISCONTINUITY\n");
         }
-        let _ = writeln!(out, "#EXTINF:{:.3},\nseg/{}", s.duration_s, s.name);
+        if !joined {
+            // Capture time of the first frame: players map the playhead to
+            // wall-clock time with it (the page's timeline does).
+            let t: DateTime<Utc> =
+                DateTime::from_timestamp_micros(s.start_capture_us).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "#EXT-X-PROGRAM-DATE-TIME:{}",
+                t.to_rfc3339_opts(SecondsFormat::Millis, true)
+            );
+        }
+        let _ = writeln!(out, "#EXTINF:{:.3},\nseg/{}", secs(s), name_of(s));
         prev = Some(s);
     }
     out.push_str("#EXT-X-ENDLIST\n");
@@ -33,38 +50,48 @@ pub fn render(segments: &[ArchivedSegment]) -> String {
 mod tests {
     use super::*;
 
-    fn seg(name: &str, first_seq: u64, frames: u64, pts: u64) -> ArchivedSegment {
-        ArchivedSegment {
-            name: name.into(),
+    fn seg(hour: &str, first_seq: u64, frames: u32, epoch: u64, start_s: i64) -> SegmentRow {
+        SegmentRow {
+            camera: "s/c".into(),
             first_seq,
+            last_seq: first_seq + frames as u64 - 1,
+            start_capture_us: start_s * 1_000_000,
+            end_capture_us: start_s * 1_000_000 + frames as i64 * 1_000_000 / 15,
+            media_duration_us: frames as i64 * 1_000_000 / 15,
             frames,
-            first_pts_90k: pts,
-            duration_s: frames as f64 / 15.0,
-            hour_start_us: 0,
-            bytes: 0,
-            modified_ns: 0,
+            keyframes: 1,
+            bytes: 1,
+            path: format!("s/c/{hour}/{first_seq:020}.ts"),
+            epoch,
+            width: 1,
+            height: 1,
+            complete: true,
         }
     }
 
     #[test]
-    fn gaps_and_time_jumps_are_discontinuities() {
+    fn gaps_and_epoch_changes_are_discontinuities_and_hours_join() {
         let segs = [
-            seg("2026/11/30/18/00000000000000000000.ts", 0, 15, 0),
-            seg("2026/11/30/18/00000000000000000015.ts", 15, 30, 90_000),
+            seg("2026/11/30/18", 0, 15, 7, 1_796_065_198),
+            // Next hour, same epoch, next frame: one timeline.
+            seg("2026/11/30/19", 15, 30, 7, 1_796_065_199),
             // frames 45..60 missing
-            seg("2026/11/30/18/00000000000000000060.ts", 60, 15, 360_000),
-            // contiguous numbers, media time reset (new epoch)
-            seg("2026/11/30/19/00000000000000000075.ts", 75, 15, 0),
+            seg("2026/11/30/19", 60, 15, 7, 1_796_065_202),
+            // contiguous numbers, new epoch (media clock restarted)
+            seg("2026/11/30/19", 75, 15, 8, 1_796_065_203),
         ];
-        let text = render(&segs);
+        let text = render(&segs, |s| &s.path[4..]);
         assert_eq!(
             text,
             "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-TARGETDURATION:2\n\
              #EXT-X-MEDIA-SEQUENCE:0\n\
+             #EXT-X-PROGRAM-DATE-TIME:2026-11-30T18:59:58.000Z\n\
              #EXTINF:1.000,\nseg/2026/11/30/18/00000000000000000000.ts\n\
-             #EXTINF:2.000,\nseg/2026/11/30/18/00000000000000000015.ts\n\
-             #EXT-X-DISCONTINUITY\n#EXTINF:1.000,\nseg/2026/11/30/18/00000000000000000060.ts\n\
-             #EXT-X-DISCONTINUITY\n#EXTINF:1.000,\nseg/2026/11/30/19/00000000000000000075.ts\n\
+             #EXTINF:2.000,\nseg/2026/11/30/19/00000000000000000015.ts\n\
+             #EXT-X-DISCONTINUITY\n#EXT-X-PROGRAM-DATE-TIME:2026-11-30T19:00:02.000Z\n\
+             #EXTINF:1.000,\nseg/2026/11/30/19/00000000000000000060.ts\n\
+             #EXT-X-DISCONTINUITY\n#EXT-X-PROGRAM-DATE-TIME:2026-11-30T19:00:03.000Z\n\
+             #EXTINF:1.000,\nseg/2026/11/30/19/00000000000000000075.ts\n\
              #EXT-X-ENDLIST\n"
         );
     }

@@ -49,6 +49,120 @@ pub struct LiveConfig {
     /// Topic the page's detection boxes come from; empty = no overlay.
     #[serde(default = "default_live_detections_topic")]
     pub detections_topic: String,
+    /// Fleet status from the agents' MQTT topics on the page, and finding
+    /// the instance that serves a camera (docs/live.md); absent = off.
+    #[serde(default)]
+    pub fleet: Option<LiveFleetConfig>,
+}
+
+/// `[live.fleet]`: the collector reads the agents' retained status and
+/// telemetry (docs/mqtt.md) for its camera API and page, and, with
+/// `announce_url`, announces which cameras it serves so that every
+/// instance of the group redirects (307) requests for a camera to the
+/// instance that serves it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LiveFleetConfig {
+    /// Broker, `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// First topic level of every camfleet topic (as the agents' `[mqtt]`).
+    #[serde(default = "default_fleet_topic_prefix")]
+    pub topic_prefix: String,
+    /// MQTT keep-alive; the broker publishes this instance's "offline"
+    /// will about 1.5 keep-alives after it is gone.
+    #[serde(default = "default_fleet_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// CA certificate (PEM) of the broker's certificate for `mqtts://`;
+    /// absent = the system's CAs.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// MQTT username; absent = anonymous.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the MQTT password (first line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// This instance's base URL as viewers reach it
+    /// (`https://collector-a.example:9464`); set = announce the cameras
+    /// served here (retained, `<prefix>/collectors/<instance_id>`) and
+    /// redirect requests for other instances' cameras. Empty = neither.
+    #[serde(default)]
+    pub announce_url: String,
+    /// This instance's name in the announcement topic: letters, digits,
+    /// `.`, `_`, `-`. Empty = derived from `announce_url`.
+    #[serde(default)]
+    pub instance_id: String,
+}
+
+fn default_fleet_topic_prefix() -> String {
+    "camfleet".into()
+}
+const fn default_fleet_keep_alive_s() -> u64 {
+    15
+}
+
+impl LiveFleetConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("mqtt://") || self.url.starts_with("mqtts://")) {
+            return Err(invalid(
+                "live.fleet.url",
+                format!("{:?}: use mqtt://host:port or mqtts://host:port", self.url),
+            ));
+        }
+        if !(5..=600).contains(&self.keep_alive_s) {
+            return Err(invalid("live.fleet.keep_alive_s", "must be 5..=600"));
+        }
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        if !name_ok(&self.topic_prefix) {
+            return Err(invalid(
+                "live.fleet.topic_prefix",
+                "letters, digits, . _ - only",
+            ));
+        }
+        if !self.instance_id.is_empty() && !name_ok(&self.instance_id) {
+            return Err(invalid(
+                "live.fleet.instance_id",
+                "letters, digits, . _ - only",
+            ));
+        }
+        let url_ok = self.announce_url.is_empty()
+            || self.announce_url.starts_with("http://")
+            || self.announce_url.starts_with("https://");
+        if !url_ok {
+            return Err(invalid(
+                "live.fleet.announce_url",
+                format!("{:?}: an http:// or https:// base URL", self.announce_url),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The instance's topic name: `instance_id`, else the announce URL's
+    /// host and port with other characters as `_`.
+    pub fn instance_name(&self) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        let host = self
+            .announce_url
+            .split("://")
+            .nth(1)
+            .unwrap_or_default()
+            .trim_end_matches('/');
+        host.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
 }
 
 fn default_live_detections_topic() -> String {
@@ -76,6 +190,7 @@ impl Default for LiveConfig {
             block_timeout_ms: default_block_timeout_ms(),
             detections_kept: default_detections_kept(),
             detections_topic: default_live_detections_topic(),
+            fleet: None,
         }
     }
 }
@@ -97,6 +212,9 @@ impl LiveConfig {
         if self.detections_kept > 100_000 {
             return Err(invalid("live.detections_kept", "must be at most 100000"));
         }
+        if let Some(fleet) = &self.fleet {
+            fleet.validate()?;
+        }
         Ok(())
     }
 }
@@ -110,5 +228,44 @@ impl HttpAuthConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet(extra: &str) -> Result<LiveConfig, String> {
+        let text = format!("[fleet]\nurl = \"mqtt://127.0.0.1:1883\"\n{extra}");
+        let cfg: LiveConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn live_fleet_is_checked_and_names_the_field() {
+        let ok = fleet("announce_url = \"http://10.0.0.5:9464/\"").unwrap();
+        let f = ok.fleet.unwrap();
+        assert_eq!(f.topic_prefix, "camfleet");
+        assert_eq!(f.instance_name(), "10.0.0.5_9464");
+        for (extra, field) in [
+            (
+                "announce_url = \"10.0.0.5:9464\"",
+                "live.fleet.announce_url",
+            ),
+            ("instance_id = \"a/b\"", "live.fleet.instance_id"),
+            ("keep_alive_s = 1", "live.fleet.keep_alive_s"),
+            ("topic_prefix = \"\"", "live.fleet.topic_prefix"),
+            ("announce = true", "unknown field"),
+        ] {
+            let e = fleet(extra).unwrap_err();
+            assert!(e.contains(field), "{extra}: {e}");
+        }
+        let bad: LiveConfig = toml::from_str("[fleet]\nurl = \"tcp://x:1\"").unwrap();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("live.fleet.url"));
     }
 }
