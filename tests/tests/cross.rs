@@ -132,7 +132,8 @@ fn streams_to_kafka_under_qemu(arm: &Arm) {
         (check.distinct, check.duplicates, check.missing.len()),
         (n, 0, 0)
     );
-    // Encoded on ARM (openh264 with its NEON assembly), decoded here.
+    // Encoded on ARM (openh264's C code; the crate assembles only x86),
+    // decoded here.
     let mut decoder = Decoder::new().unwrap();
     for (i, f) in frames.iter().enumerate() {
         let yuv = decoder.decode(&f.payload).unwrap().expect("a picture");
