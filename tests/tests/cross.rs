@@ -52,9 +52,7 @@ fn cross_dir() -> PathBuf {
 
 /// The cross-built agent for `arm`.
 fn cross_agent(arm: &Arm) -> PathBuf {
-    let bin = cross_dir()
-        .join(arm.triple)
-        .join("release/camfleet-agent");
+    let bin = cross_dir().join(arm.triple).join("release/camfleet-agent");
     assert!(
         bin.exists(),
         "{} missing: run cross/build {} (scripts/test does)",

@@ -537,10 +537,12 @@ fn deploy_container_context_has_its_sources_and_the_entrypoint_runs() {
         .arg(root.path()));
     assert!(ok, "dpkg-deb -x: {err}");
     let entrypoint = json("ENTRYPOINT");
-    let exe = root
-        .path()
-        .join(entrypoint[0].trim_start_matches('/'));
-    assert!(exe.exists(), "ENTRYPOINT {} is not in the package", entrypoint[0]);
+    let exe = root.path().join(entrypoint[0].trim_start_matches('/'));
+    assert!(
+        exe.exists(),
+        "ENTRYPOINT {} is not in the package",
+        entrypoint[0]
+    );
     let (ok, out, err) = run(Command::new(&exe).arg("--version"));
     assert!(ok, "{} --version: {err}", entrypoint[0]);
     assert_eq!(
@@ -562,19 +564,29 @@ fn deploy_container_context_has_its_sources_and_the_entrypoint_runs() {
     // the binary.
     let user = arg("USER");
     assert_eq!(user.len(), 1, "one USER: {user:?}");
-    assert!(!user[0].starts_with('0') && user[0] != "root", "USER {user:?}");
+    assert!(
+        !user[0].starts_with('0') && user[0] != "root",
+        "USER {user:?}"
+    );
     let (ok, list, err) = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
     assert!(ok, "dpkg-deb -c: {err}");
-    for (path, mode) in [(config.as_str(), "-rw-r--r--"), (&entrypoint[0], "-rwxr-xr-x")] {
+    for (path, mode) in [
+        (config.as_str(), "-rw-r--r--"),
+        (&entrypoint[0], "-rwxr-xr-x"),
+    ] {
         let line = list
             .lines()
             .find(|l| l.ends_with(&format!(".{path}")))
             .unwrap_or_else(|| panic!("{path} not in the package:\n{list}"));
-        assert!(line.starts_with(mode), "{line}: USER {} needs {mode}", user[0]);
+        assert!(
+            line.starts_with(mode),
+            "{line}: USER {} needs {mode}",
+            user[0]
+        );
     }
-    let (ok, out, err) = run(Command::new(&exe).args(["validate", "--config"]).arg(
-        root.path().join(config.trim_start_matches('/')),
-    ));
+    let (ok, out, err) = run(Command::new(&exe)
+        .args(["validate", "--config"])
+        .arg(root.path().join(config.trim_start_matches('/'))));
     assert!(ok, "validate of the image's default config: {out}{err}");
 
     // EXPOSE is the port the probes and the scrape annotation use.
