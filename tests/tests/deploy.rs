@@ -429,3 +429,168 @@ fn deploy_deb_packages_install_enable_remove_and_purge_cleanly() {
         "/etc/camfleet left behind"
     );
 }
+
+/// One Dockerfile instruction per entry (continuation lines joined,
+/// comments dropped): (keyword, arguments).
+fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut line = String::new();
+    for raw in text.lines() {
+        let trimmed = raw.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && line.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => line.push_str(part),
+            None => {
+                line.push_str(trimmed);
+                let (key, args) = line.split_once(' ').unwrap_or((&line, ""));
+                out.push((key.to_uppercase(), args.trim().to_string()));
+                line.clear();
+            }
+        }
+    }
+    out
+}
+
+/// Files in `dir` that a Dockerfile COPY source with at most one `*` names.
+fn copy_matches(dir: &Path, pattern: &str) -> usize {
+    let (prefix, suffix) = pattern.split_once('*').unwrap_or((pattern, ""));
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| {
+            if pattern.contains('*') {
+                f.starts_with(prefix) && f.ends_with(suffix) && f.len() >= pattern.len() - 1
+            } else {
+                f == pattern
+            }
+        })
+        .count()
+}
+
+/// The collector image (deploy/container/Dockerfile) cannot be built here:
+/// no container engine runs on this machine and its base image cannot be
+/// pulled (docs/deploy.md "On Kubernetes"). What can be checked is: every
+/// COPY source exists in the build context docs/deploy.md tells you to
+/// make, the ENTRYPOINT is the binary the package installs and it runs,
+/// the CMD's config path is where the Deployment mounts the ConfigMap, the
+/// non-root USER can read the config, and EXPOSE matches the probes' port.
+#[test]
+fn deploy_container_context_has_its_sources_and_the_entrypoint_runs() {
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/container/Dockerfile")).unwrap();
+    let steps = dockerfile_instructions(&dockerfile);
+    let arg = |key: &str| -> Vec<String> {
+        steps
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, a)| a.clone())
+            .collect()
+    };
+    let json = |key: &str| -> Vec<String> {
+        let args = arg(key);
+        assert_eq!(args.len(), 1, "one {key} in the Dockerfile: {args:?}");
+        serde_json::from_str(&args[0])
+            .unwrap_or_else(|e| panic!("{key} {} is not exec form: {e}", args[0]))
+    };
+
+    // The build context as docs/deploy.md makes it: the Dockerfile and the
+    // collector .deb from scripts/package.
+    let context = tempfile::tempdir().unwrap();
+    let copies: Vec<String> = arg("COPY");
+    assert!(!copies.is_empty(), "no COPY in the Dockerfile");
+    for copy in &copies {
+        let words: Vec<&str> = copy.split_whitespace().collect();
+        let (_dest, sources) = words.split_last().expect("COPY <src>... <dest>");
+        for source in sources {
+            assert_eq!(
+                copy_matches(context.path(), source),
+                0,
+                "{source} matched an empty context"
+            );
+        }
+    }
+    let deb = built_deb("camfleet-collector");
+    std::fs::copy(&deb, context.path().join(deb.file_name().unwrap())).unwrap();
+    std::fs::copy(
+        repo().join("deploy/container/Dockerfile"),
+        context.path().join("Dockerfile"),
+    )
+    .unwrap();
+    for copy in &copies {
+        let words: Vec<&str> = copy.split_whitespace().collect();
+        let (_dest, sources) = words.split_last().unwrap();
+        for source in sources {
+            assert_eq!(
+                copy_matches(context.path(), source),
+                1,
+                "COPY {source}: not exactly one file in the build context"
+            );
+        }
+    }
+
+    // The RUN step installs that package; its files, unpacked here.
+    let root = tempfile::tempdir().unwrap();
+    let (ok, _, err) = run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(root.path()));
+    assert!(ok, "dpkg-deb -x: {err}");
+    let entrypoint = json("ENTRYPOINT");
+    let exe = root.path().join(entrypoint[0].trim_start_matches('/'));
+    assert!(
+        exe.exists(),
+        "ENTRYPOINT {} is not in the package",
+        entrypoint[0]
+    );
+    let (ok, out, err) = run(Command::new(&exe).arg("--version"));
+    assert!(ok, "{} --version: {err}", entrypoint[0]);
+    assert_eq!(
+        out.trim(),
+        format!("camfleet-collector {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    // CMD: `run --config <path>`, where the Deployment mounts collector.toml.
+    let cmd = json("CMD");
+    assert_eq!(cmd[..2], ["run", "--config"], "CMD {cmd:?}");
+    let config = &cmd[2];
+    let deployment = std::fs::read_to_string(repo().join("deploy/k8s/deployment.yaml")).unwrap();
+    assert!(
+        deployment.contains(&format!("mountPath: {config}")),
+        "the Deployment mounts no config at {config}"
+    );
+    // Without a mount the packaged default is used; the image's user (not
+    // root, not in the package's groups) must be able to read it and run
+    // the binary.
+    let user = arg("USER");
+    assert_eq!(user.len(), 1, "one USER: {user:?}");
+    assert!(
+        !user[0].starts_with('0') && user[0] != "root",
+        "USER {user:?}"
+    );
+    let (ok, list, err) = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
+    assert!(ok, "dpkg-deb -c: {err}");
+    for (path, mode) in [
+        (config.as_str(), "-rw-r--r--"),
+        (&entrypoint[0], "-rwxr-xr-x"),
+    ] {
+        let line = list
+            .lines()
+            .find(|l| l.ends_with(&format!(".{path}")))
+            .unwrap_or_else(|| panic!("{path} not in the package:\n{list}"));
+        assert!(
+            line.starts_with(mode),
+            "{line}: USER {} needs {mode}",
+            user[0]
+        );
+    }
+    let (ok, out, err) = run(Command::new(&exe)
+        .args(["validate", "--config"])
+        .arg(root.path().join(config.trim_start_matches('/'))));
+    assert!(ok, "validate of the image's default config: {out}{err}");
+
+    // EXPOSE is the port the probes and the scrape annotation use.
+    let expose = arg("EXPOSE");
+    assert_eq!(expose, ["9464"], "EXPOSE");
+    assert!(deployment.contains("containerPort: 9464"));
+}

@@ -421,7 +421,11 @@ fn wall_offset_us() -> i64 {
         };
         // SAFETY: `ts` is a valid timespec; both clocks exist on every Linux.
         unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec * 1_000_000 + ts.tv_nsec / 1000
+        // time_t and c_long are 32-bit on armhf (Debian 12): widen before
+        // scaling, or seconds * 10^6 overflows there.
+        #[allow(clippy::useless_conversion)] // a no-op on 64-bit targets
+        let (sec, nsec) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
+        sec * 1_000_000 + nsec / 1000
     }
     // Read monotonic on both sides of realtime to halve the read skew.
     let m1 = now_us(libc::CLOCK_MONOTONIC);
