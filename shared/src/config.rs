@@ -795,6 +795,43 @@ pub struct InferenceConfig {
     /// (`depot/*`). Empty = every camera.
     #[serde(default)]
     pub cameras: Vec<String>,
+    /// Learning features (docs/learning.md): an embedding of every detected
+    /// object's crop and of sampled whole frames. Absent = off.
+    #[serde(default)]
+    pub embedding: Option<EmbeddingConfig>,
+}
+
+/// `[inference.embedding]`: the backbone that turns a crop or a whole
+/// picture into a fixed-length embedding (docs/learning.md).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    /// The backbone's manifest (TOML, e.g. `collector/models/ssdlite-backbone.toml`).
+    pub model: PathBuf,
+    /// Directory holding the backbone's .onnx file; default: the manifest's own.
+    #[serde(default)]
+    pub models_dir: Option<PathBuf>,
+    /// Embed each detected object's crop (the verifier's input).
+    #[serde(default = "default_true")]
+    pub objects: bool,
+    /// A whole-frame embedding (the scene model's input) at most once per
+    /// this many seconds of media time per camera; 0 = never.
+    #[serde(default = "default_scene_period_s")]
+    pub scene_period_s: f64,
+}
+
+fn default_scene_period_s() -> f64 {
+    10.0
+}
+
+impl EmbeddingConfig {
+    /// Where the manifest's model file is looked up.
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir
+            .clone()
+            .or_else(|| self.model.parent().map(|p| p.to_path_buf()))
+            .unwrap_or_default()
+    }
 }
 
 fn default_infer_fps() -> f64 {
@@ -840,6 +877,17 @@ impl InferenceConfig {
         }
         if self.model.as_os_str().is_empty() {
             return Err(invalid("inference.model", "is empty"));
+        }
+        if let Some(e) = &self.embedding {
+            if e.model.as_os_str().is_empty() {
+                return Err(invalid("inference.embedding.model", "is empty"));
+            }
+            if !(0.0..=86_400.0).contains(&e.scene_period_s) || e.scene_period_s.is_nan() {
+                return Err(invalid(
+                    "inference.embedding.scene_period_s",
+                    "must be 0 (never) to 86400 seconds",
+                ));
+            }
         }
         if !(0.0..=60.0).contains(&self.infer_fps) || self.infer_fps.is_nan() {
             return Err(invalid(

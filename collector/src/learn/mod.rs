@@ -15,5 +15,6 @@
 //! records the feature layout version it was trained on and is refused by a
 //! collector that builds a different one.
 
+pub mod embed;
 pub mod features;
 pub mod model;
