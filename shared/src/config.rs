@@ -818,6 +818,14 @@ pub struct EmbeddingConfig {
     /// this many seconds of media time per camera; 0 = never.
     #[serde(default = "default_scene_period_s")]
     pub scene_period_s: f64,
+    /// Topic of feature records (`camfleet.features.v1`, docs/learning.md):
+    /// what the detections/labels Parquet tables are written from.
+    #[serde(default = "default_features_topic")]
+    pub features_topic: String,
+}
+
+fn default_features_topic() -> String {
+    crate::wire::FEATURES_TOPIC.into()
 }
 
 fn default_scene_period_s() -> f64 {
@@ -881,6 +889,9 @@ impl InferenceConfig {
         if let Some(e) = &self.embedding {
             if e.model.as_os_str().is_empty() {
                 return Err(invalid("inference.embedding.model", "is empty"));
+            }
+            if e.features_topic.is_empty() {
+                return Err(invalid("inference.embedding.features_topic", "is empty"));
             }
             if !(0.0..=86_400.0).contains(&e.scene_period_s) || e.scene_period_s.is_nan() {
                 return Err(invalid(

@@ -18,3 +18,5 @@
 pub mod embed;
 pub mod features;
 pub mod model;
+pub mod record;
+pub mod scene;
