@@ -349,7 +349,9 @@ impl InferenceProcessor {
         stats: &PictureStats,
     ) -> Learned {
         let mut learned = Learned::default();
-        let (Some(embedder), Some(config)) = (self.embedder.as_mut(), self.config.embedding.as_ref()) else {
+        let (Some(embedder), Some(config)) =
+            (self.embedder.as_mut(), self.config.embedding.as_ref())
+        else {
             return learned;
         };
         let meta = &frame.meta;
@@ -435,18 +437,30 @@ impl InferenceProcessor {
                         });
                     }
                 }
-                Ok(p) => tracing::warn!(camera, seq = meta.seq, got = p.len(), want = rows.len(), "verifier returned the wrong number of probabilities; no verdicts"),
-                Err(error) => tracing::warn!(camera, seq = meta.seq, %error, "verifier failed on a picture; no verdicts"),
+                Ok(p) => tracing::warn!(
+                    camera,
+                    seq = meta.seq,
+                    got = p.len(),
+                    want = rows.len(),
+                    "verifier returned the wrong number of probabilities; no verdicts"
+                ),
+                Err(error) => {
+                    tracing::warn!(camera, seq = meta.seq, %error, "verifier failed on a picture; no verdicts")
+                }
             }
         }
         learned.verdicts = record.objects.iter().map(|o| o.verifier.clone()).collect();
-        if let (Some(scene), Some(embedding)) = (self.models.scene(camera), &record.frame_embedding) {
+        if let (Some(scene), Some(embedding)) = (self.models.scene(camera), &record.frame_embedding)
+        {
             match scene.distance(embedding) {
                 Ok(distance) => {
-                    let blind = stats.mean < super::state::DARK_MEAN || stats.std < super::state::FLAT_STD;
+                    let blind =
+                        stats.mean < super::state::DARK_MEAN || stats.std < super::state::FLAT_STD;
                     learned.scene = cam.scene.observe(distance, scene.threshold(), blind);
                 }
-                Err(error) => tracing::warn!(camera, seq = meta.seq, %error, "scene model failed on a picture"),
+                Err(error) => {
+                    tracing::warn!(camera, seq = meta.seq, %error, "scene model failed on a picture")
+                }
             }
         }
         learned.features = Some((

@@ -20,3 +20,4 @@ pub mod features;
 pub mod model;
 pub mod record;
 pub mod scene;
+pub mod tables;

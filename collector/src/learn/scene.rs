@@ -33,7 +33,12 @@ pub struct SceneWatch {
 impl SceneWatch {
     /// One sampled frame: its distance, the model's threshold and whether
     /// the picture is dark or flat.
-    pub fn observe(&mut self, distance: f32, threshold: f32, blind: bool) -> Option<SceneTransition> {
+    pub fn observe(
+        &mut self,
+        distance: f32,
+        threshold: f32,
+        blind: bool,
+    ) -> Option<SceneTransition> {
         match self.active {
             None => {
                 if distance >= threshold {
