@@ -20,4 +20,5 @@ pub mod features;
 pub mod model;
 pub mod record;
 pub mod scene;
+pub mod stillness;
 pub mod tables;
