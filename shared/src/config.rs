@@ -822,10 +822,42 @@ pub struct EmbeddingConfig {
     /// what the detections/labels Parquet tables are written from.
     #[serde(default = "default_features_topic")]
     pub features_topic: String,
+    /// Topic of ops' labels (`camfleet-collector label`, `camfleet.labels.v1`).
+    #[serde(default = "default_labels_topic")]
+    pub labels_topic: String,
+    /// The learning tables are rewritten (and the records behind them
+    /// committed) at most this often, seconds.
+    #[serde(default = "default_tables_flush_s")]
+    pub tables_flush_s: f64,
+    /// Stillness rule (docs/learning.md): same place = IoU with the first box
+    /// of the track at least this.
+    #[serde(default = "default_stillness_iou")]
+    pub stillness_iou: f32,
+    /// Still for at least this long (capture time) -> hard negative.
+    #[serde(default = "default_stillness_min_s")]
+    pub stillness_min_s: f64,
+    /// A box not seen for this long ends its track (the object left).
+    #[serde(default = "default_stillness_gap_s")]
+    pub stillness_gap_s: f64,
 }
 
 fn default_features_topic() -> String {
     crate::wire::FEATURES_TOPIC.into()
+}
+fn default_labels_topic() -> String {
+    crate::wire::LABELS_TOPIC.into()
+}
+fn default_tables_flush_s() -> f64 {
+    10.0
+}
+fn default_stillness_iou() -> f32 {
+    0.8
+}
+fn default_stillness_min_s() -> f64 {
+    2.0 * 3600.0
+}
+fn default_stillness_gap_s() -> f64 {
+    60.0
 }
 
 fn default_scene_period_s() -> f64 {
@@ -892,6 +924,29 @@ impl InferenceConfig {
             }
             if e.features_topic.is_empty() {
                 return Err(invalid("inference.embedding.features_topic", "is empty"));
+            }
+            if e.labels_topic.is_empty() {
+                return Err(invalid("inference.embedding.labels_topic", "is empty"));
+            }
+            if !(0.1..=3600.0).contains(&e.tables_flush_s) {
+                return Err(invalid(
+                    "inference.embedding.tables_flush_s",
+                    "must be 0.1 to 3600 seconds",
+                ));
+            }
+            if !(e.stillness_iou > 0.0 && e.stillness_iou <= 1.0) {
+                return Err(invalid(
+                    "inference.embedding.stillness_iou",
+                    "must be in (0, 1]",
+                ));
+            }
+            if !(e.stillness_min_s > 0.0 && e.stillness_min_s.is_finite())
+                || !(e.stillness_gap_s > 0.0 && e.stillness_gap_s.is_finite())
+            {
+                return Err(invalid(
+                    "inference.embedding.stillness_min_s",
+                    "stillness_min_s and stillness_gap_s must be positive seconds",
+                ));
             }
             if !(0.0..=86_400.0).contains(&e.scene_period_s) || e.scene_period_s.is_nan() {
                 return Err(invalid(

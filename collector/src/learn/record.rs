@@ -78,3 +78,20 @@ impl FeatureRecord {
         }
     }
 }
+
+pub const LABELS_SCHEMA: &str = "camfleet.labels.v1";
+
+/// An ops label on `camfleet.labels.v1` (key = camera), written by
+/// `camfleet-collector label` and filed by the table writer into the
+/// labels table of the detection's hour.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRecord {
+    pub schema: String,
+    pub detection_id: String,
+    pub camera: String,
+    /// Capture time of the labelled detection (its hour), µs since the epoch.
+    pub capture_us: i64,
+    pub real: bool,
+    pub labelled_at_us: i64,
+}
