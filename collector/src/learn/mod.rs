@@ -18,6 +18,7 @@
 pub mod dataset;
 pub mod embed;
 pub mod features;
+pub mod label;
 pub mod model;
 pub mod record;
 pub mod scene;
