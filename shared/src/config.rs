@@ -940,9 +940,8 @@ impl InferenceConfig {
                     "must be in (0, 1]",
                 ));
             }
-            if !(e.stillness_min_s > 0.0 && e.stillness_min_s.is_finite())
-                || !(e.stillness_gap_s > 0.0 && e.stillness_gap_s.is_finite())
-            {
+            let positive = |v: f64| v > 0.0 && v.is_finite();
+            if !positive(e.stillness_min_s) || !positive(e.stillness_gap_s) {
                 return Err(invalid(
                     "inference.embedding.stillness_min_s",
                     "stillness_min_s and stillness_gap_s must be positive seconds",

@@ -347,7 +347,7 @@ mod tests {
                 verifier: None,
                 embedding: vec![seq as f32; 3],
             }],
-            frame_embedding: (seq % 2 == 0).then(|| vec![1.0, 2.0]),
+            frame_embedding: seq.is_multiple_of(2).then(|| vec![1.0, 2.0]),
         }
     }
 
