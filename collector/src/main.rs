@@ -38,7 +38,7 @@ enum Command {
         /// `camfleet.detections.v1`.
         detection_id: String,
         /// `true` (a real object) or `false` (a false positive).
-        #[arg(value_parser = clap::builder::BoolishValueParser::new())]
+        #[arg(action = clap::ArgAction::Set, value_parser = clap::value_parser!(bool))]
         real: bool,
         #[arg(long, short)]
         config: PathBuf,
@@ -102,6 +102,20 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     detector.manifest().version,
                     inference.model.display()
                 );
+                if let Some(e) = &inference.embedding {
+                    let embedder = camfleet_collector::learn::embed::Embedder::load(
+                        &e.model,
+                        &e.models_dir(),
+                        inference.onnxruntime_library.as_deref(),
+                    )?;
+                    println!(
+                        "ok embedding {} {} ({}-d, {})",
+                        embedder.manifest().name,
+                        embedder.manifest().version,
+                        embedder.dim(),
+                        e.model.display()
+                    );
+                }
             }
             if check_archive {
                 // The HDFS client retries a refused connection without end; a
