@@ -1277,6 +1277,43 @@ encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
     }
 
     #[test]
+    fn inference_embedding_has_defaults_and_names_bad_fields() {
+        let base = "[kafka]\nbootstrap_servers = \"k:9092\"\n[archive]\nroot = \"/a\"\n[inference]\nmodel = \"m.toml\"\n[inference.embedding]\nmodel = \"/m/b.toml\"\n";
+        let e = CollectorConfig::from_toml(base)
+            .unwrap()
+            .inference
+            .unwrap()
+            .embedding
+            .unwrap();
+        assert!(e.objects);
+        assert_eq!((e.scene_period_s, e.tables_flush_s), (10.0, 10.0));
+        assert_eq!(
+            (e.stillness_iou, e.stillness_min_s, e.stillness_gap_s),
+            (0.8, 7200.0, 60.0)
+        );
+        assert_eq!(e.features_topic, "camfleet.features.v1");
+        assert_eq!(e.labels_topic, "camfleet.labels.v1");
+        assert_eq!(e.models_dir(), PathBuf::from("/m"));
+        for (bad, field) in [
+            ("scene_period_s = -1", "inference.embedding.scene_period_s"),
+            ("tables_flush_s = 0", "inference.embedding.tables_flush_s"),
+            ("stillness_iou = 1.5", "inference.embedding.stillness_iou"),
+            ("stillness_min_s = 0", "inference.embedding.stillness_min_s"),
+            (
+                "features_topic = \"\"",
+                "inference.embedding.features_topic",
+            ),
+            ("labels_topic = \"\"", "inference.embedding.labels_topic"),
+            ("scene_period = 3", "scene_period"),
+        ] {
+            let err = CollectorConfig::from_toml(&format!("{base}{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn spool_defaults_depend_on_the_mode() {
         let c = AgentConfig::from_toml(AGENT).unwrap();
         assert_eq!(c.spool.mode, SpoolMode::Outage);
