@@ -447,3 +447,89 @@ encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 10 }}
     rt.block_on(collector).unwrap().unwrap();
     rt.block_on(writer).unwrap().unwrap();
 }
+
+/// The table writer on HDFS (the same `Archive` path as the local
+/// directory): a replayed batch of records leaves one row per detection, and
+/// the Java HDFS shell (a peer) sees exactly the three tables in the hour.
+#[test]
+fn learning_tables_on_hdfs_are_idempotent() {
+    use camfleet_collector::learn::record::{
+        FeatureObject, FeatureRecord, ModelName, FEATURES_SCHEMA,
+    };
+    use camfleet_collector::learn::table_writer::TableWriter;
+    let services = Services::get();
+    let base = format!("/camfleet-test/learning-{}", std::process::id());
+    let root = format!("{}{base}", services.hdfs);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let archive = rt
+        .block_on(camfleet_collector::archive::AnyArchive::open(&root))
+        .unwrap();
+    let config: camfleet_shared::config::EmbeddingConfig =
+        toml_embedding("model = \"m.toml\"\nstillness_min_s = 1\nstillness_gap_s = 5");
+    let hour = 1_763_764_012_000_000i64; // 2025-11-21T22:26:52Z
+    let record = |seq: u64| FeatureRecord {
+        schema: FEATURES_SCHEMA.into(),
+        camera: "lab/hdfs".into(),
+        epoch: 1,
+        seq,
+        capture_us: hour + seq as i64 * 500_000,
+        model: ModelName {
+            name: "nanodet-g".into(),
+            version: "3.0.4".into(),
+        },
+        backbone: ModelName {
+            name: "ssdlite-backbone".into(),
+            version: "0.2".into(),
+        },
+        objects: vec![FeatureObject {
+            id: format!("lab/hdfs:1:{seq}:0"),
+            class_id: 0,
+            label: "person".into(),
+            score: 0.7,
+            bbox: [0.1, 0.1, 0.3, 0.6],
+            verifier: None,
+            embedding: vec![seq as f32; 1280],
+        }],
+        frame_embedding: Some(vec![0.5; 1280]),
+    };
+    for _replay in 0..2 {
+        let mut w = TableWriter::new(
+            &config,
+            std::sync::Arc::new(camfleet_shared::clock::SystemClock),
+        );
+        for seq in 0..4 {
+            w.add_features(&record(seq));
+        }
+        rt.block_on(w.flush(&archive)).unwrap();
+    }
+    let cam = camfleet_shared::CameraId::new("lab/hdfs").unwrap();
+    let rows = rt
+        .block_on(dataset::load_detections(&archive, Some(&cam), None, None))
+        .unwrap();
+    assert_eq!(rows.len(), 4);
+    let labelled = rt
+        .block_on(dataset::load_labelled(&archive, Some(&cam), None, None))
+        .unwrap();
+    assert_eq!(labelled.len(), 4, "still for 1.5 s >= 1 s: hard negatives");
+    let listing = services.hdfs_shell(&["-ls", &format!("{base}/lab/hdfs/2025/11/21/22")]);
+    let mut names: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .filter(|n| n.ends_with(".parquet"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["detections.parquet", "frames.parquet", "labels.parquet"],
+        "{listing}"
+    );
+    services.hdfs_shell(&["-rm", "-r", "-f", &base]);
+}
+
+fn toml_embedding(text: &str) -> camfleet_shared::config::EmbeddingConfig {
+    let c = CollectorConfig::from_toml(&format!(
+        "[kafka]\nbootstrap_servers = \"k:9092\"\n[archive]\nroot = \"/a\"\n[inference]\nmodel = \"m.toml\"\n[inference.embedding]\n{text}\n"
+    ))
+    .unwrap();
+    c.inference.unwrap().embedding.unwrap()
+}
