@@ -241,9 +241,12 @@ pub async fn run<A: Archive>(
     // Next offset to commit per (topic, partition), once flushed.
     let mut consumed: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut deadline = tokio::time::Instant::now() + period;
+    // After a failed flush nothing more is consumed until a flush succeeds:
+    // the rows waiting in memory stay bounded by one period's worth.
+    let mut blocked = false;
     loop {
         let stop = tokio::select! {
-            m = consumer.recv() => {
+            m = consumer.recv(), if !blocked => {
                 match m {
                     Ok(m) => {
                         let payload = m.payload().unwrap_or_default();
@@ -275,7 +278,9 @@ pub async fn run<A: Archive>(
             _ = shutdown.changed() => true,
         };
         if stop || tokio::time::Instant::now() >= deadline {
-            match writer.flush(archive).await {
+            let flushed = writer.flush(archive).await;
+            blocked = flushed.is_err();
+            match flushed {
                 Ok(_) => {
                     if !consumed.is_empty() {
                         let mut tpl = TopicPartitionList::new();
