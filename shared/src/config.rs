@@ -795,6 +795,83 @@ pub struct InferenceConfig {
     /// (`depot/*`). Empty = every camera.
     #[serde(default)]
     pub cameras: Vec<String>,
+    /// Learning features (docs/learning.md): an embedding of every detected
+    /// object's crop and of sampled whole frames. Absent = off.
+    #[serde(default)]
+    pub embedding: Option<EmbeddingConfig>,
+}
+
+/// `[inference.embedding]`: the backbone that turns a crop or a whole
+/// picture into a fixed-length embedding (docs/learning.md).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    /// The backbone's manifest (TOML, e.g. `collector/models/ssdlite-backbone.toml`).
+    pub model: PathBuf,
+    /// Directory holding the backbone's .onnx file; default: the manifest's own.
+    #[serde(default)]
+    pub models_dir: Option<PathBuf>,
+    /// Embed each detected object's crop (the verifier's input).
+    #[serde(default = "default_true")]
+    pub objects: bool,
+    /// A whole-frame embedding (the scene model's input) at most once per
+    /// this many seconds of media time per camera; 0 = never.
+    #[serde(default = "default_scene_period_s")]
+    pub scene_period_s: f64,
+    /// Topic of feature records (`camfleet.features.v1`, docs/learning.md):
+    /// what the detections/labels Parquet tables are written from.
+    #[serde(default = "default_features_topic")]
+    pub features_topic: String,
+    /// Topic of ops' labels (`camfleet-collector label`, `camfleet.labels.v1`).
+    #[serde(default = "default_labels_topic")]
+    pub labels_topic: String,
+    /// The learning tables are rewritten (and the records behind them
+    /// committed) at most this often, seconds.
+    #[serde(default = "default_tables_flush_s")]
+    pub tables_flush_s: f64,
+    /// Stillness rule (docs/learning.md): same place = IoU with the first box
+    /// of the track at least this.
+    #[serde(default = "default_stillness_iou")]
+    pub stillness_iou: f32,
+    /// Still for at least this long (capture time) -> hard negative.
+    #[serde(default = "default_stillness_min_s")]
+    pub stillness_min_s: f64,
+    /// A box not seen for this long ends its track (the object left).
+    #[serde(default = "default_stillness_gap_s")]
+    pub stillness_gap_s: f64,
+}
+
+fn default_features_topic() -> String {
+    crate::wire::FEATURES_TOPIC.into()
+}
+fn default_labels_topic() -> String {
+    crate::wire::LABELS_TOPIC.into()
+}
+fn default_tables_flush_s() -> f64 {
+    10.0
+}
+fn default_stillness_iou() -> f32 {
+    0.8
+}
+fn default_stillness_min_s() -> f64 {
+    2.0 * 3600.0
+}
+fn default_stillness_gap_s() -> f64 {
+    60.0
+}
+
+fn default_scene_period_s() -> f64 {
+    10.0
+}
+
+impl EmbeddingConfig {
+    /// Where the manifest's model file is looked up.
+    pub fn models_dir(&self) -> PathBuf {
+        self.models_dir
+            .clone()
+            .or_else(|| self.model.parent().map(|p| p.to_path_buf()))
+            .unwrap_or_default()
+    }
 }
 
 fn default_infer_fps() -> f64 {
@@ -840,6 +917,42 @@ impl InferenceConfig {
         }
         if self.model.as_os_str().is_empty() {
             return Err(invalid("inference.model", "is empty"));
+        }
+        if let Some(e) = &self.embedding {
+            if e.model.as_os_str().is_empty() {
+                return Err(invalid("inference.embedding.model", "is empty"));
+            }
+            if e.features_topic.is_empty() {
+                return Err(invalid("inference.embedding.features_topic", "is empty"));
+            }
+            if e.labels_topic.is_empty() {
+                return Err(invalid("inference.embedding.labels_topic", "is empty"));
+            }
+            if !(0.1..=3600.0).contains(&e.tables_flush_s) {
+                return Err(invalid(
+                    "inference.embedding.tables_flush_s",
+                    "must be 0.1 to 3600 seconds",
+                ));
+            }
+            if !(e.stillness_iou > 0.0 && e.stillness_iou <= 1.0) {
+                return Err(invalid(
+                    "inference.embedding.stillness_iou",
+                    "must be in (0, 1]",
+                ));
+            }
+            let positive = |v: f64| v > 0.0 && v.is_finite();
+            if !positive(e.stillness_min_s) || !positive(e.stillness_gap_s) {
+                return Err(invalid(
+                    "inference.embedding.stillness_min_s",
+                    "stillness_min_s and stillness_gap_s must be positive seconds",
+                ));
+            }
+            if !(0.0..=86_400.0).contains(&e.scene_period_s) || e.scene_period_s.is_nan() {
+                return Err(invalid(
+                    "inference.embedding.scene_period_s",
+                    "must be 0 (never) to 86400 seconds",
+                ));
+            }
         }
         if !(0.0..=60.0).contains(&self.infer_fps) || self.infer_fps.is_nan() {
             return Err(invalid(
@@ -1161,6 +1274,43 @@ encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
             .unwrap_err()
             .to_string();
         assert!(err.contains("inference.infer_fps"), "{err}");
+    }
+
+    #[test]
+    fn inference_embedding_has_defaults_and_names_bad_fields() {
+        let base = "[kafka]\nbootstrap_servers = \"k:9092\"\n[archive]\nroot = \"/a\"\n[inference]\nmodel = \"m.toml\"\n[inference.embedding]\nmodel = \"/m/b.toml\"\n";
+        let e = CollectorConfig::from_toml(base)
+            .unwrap()
+            .inference
+            .unwrap()
+            .embedding
+            .unwrap();
+        assert!(e.objects);
+        assert_eq!((e.scene_period_s, e.tables_flush_s), (10.0, 10.0));
+        assert_eq!(
+            (e.stillness_iou, e.stillness_min_s, e.stillness_gap_s),
+            (0.8, 7200.0, 60.0)
+        );
+        assert_eq!(e.features_topic, "camfleet.features.v1");
+        assert_eq!(e.labels_topic, "camfleet.labels.v1");
+        assert_eq!(e.models_dir(), PathBuf::from("/m"));
+        for (bad, field) in [
+            ("scene_period_s = -1", "inference.embedding.scene_period_s"),
+            ("tables_flush_s = 0", "inference.embedding.tables_flush_s"),
+            ("stillness_iou = 1.5", "inference.embedding.stillness_iou"),
+            ("stillness_min_s = 0", "inference.embedding.stillness_min_s"),
+            (
+                "features_topic = \"\"",
+                "inference.embedding.features_topic",
+            ),
+            ("labels_topic = \"\"", "inference.embedding.labels_topic"),
+            ("scene_period = 3", "scene_period"),
+        ] {
+            let err = CollectorConfig::from_toml(&format!("{base}{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -46,6 +46,11 @@ pub const VIDEO_TOPIC: &str = "camfleet.video.v1";
 pub const DETECTIONS_TOPIC: &str = "camfleet.detections.v1";
 /// Per-camera events (docs/events.md).
 pub const EVENTS_TOPIC: &str = "camfleet.events.v1";
+/// Learning features, one record per inferred picture with embeddings
+/// (docs/learning.md); the log the Parquet tables are written from.
+pub const FEATURES_TOPIC: &str = "camfleet.features.v1";
+/// Ops' labels of detections (`camfleet-collector label`, docs/learning.md).
+pub const LABELS_TOPIC: &str = "camfleet.labels.v1";
 
 pub mod header {
     pub const VERSION: &str = "cf.v";

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 pub mod edge_link;
+pub mod learning_clip;
 
 /// Addresses of the running services.
 pub struct Services {

@@ -195,6 +195,13 @@ pub async fn apply<A: Archive>(
             changed.gaps = true;
         }
         catalog::save_hour(archive, &hour.dir, &idx, changed).await?;
+        if idx.segments.is_empty() {
+            // The hour's last video is gone: its learning tables
+            // (docs/learning.md) describe nothing left either.
+            for name in crate::learn::tables::TABLE_FILES {
+                archive.delete(&format!("{}/{name}", hour.dir)).await?;
+            }
+        }
         for d in &dels {
             if archive.delete(&d.row.path).await? {
                 done.segments += 1;
@@ -428,6 +435,15 @@ mod tests {
         )
         .await
         .unwrap();
+        // The hour's learning tables (docs/learning.md) go with its last segment.
+        for name in crate::learn::tables::TABLE_FILES {
+            a.put(
+                &format!("s/a/2025/01/01/00/{name}"),
+                Bytes::from_static(b"t"),
+            )
+            .await
+            .unwrap();
+        }
         let cam = CameraId::new("s/a").unwrap();
         let inv = inventory(&a, std::slice::from_ref(&cam)).await.unwrap();
         let limits = RetentionConfig {
@@ -447,7 +463,16 @@ mod tests {
             .into_iter()
             .map(|e| e.name)
             .collect();
-        assert_eq!(files, ["00000000000000000030.ts", "segments.parquet"]);
+        assert_eq!(
+            files,
+            [
+                "00000000000000000030.ts",
+                "detections.parquet",
+                "frames.parquet",
+                "labels.parquet",
+                "segments.parquet"
+            ]
+        );
         // Emptying the hour removes it and its empty parents.
         let inv = inventory(&a, &[cam]).await.unwrap();
         let d = plan(

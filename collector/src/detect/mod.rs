@@ -100,7 +100,9 @@ impl Default for DetectorOptions {
 
 /// The process-wide ONNX Runtime environment (ort allows one per process),
 /// made on first use from the first library path given.
-fn environment(dylib: Option<&Path>) -> Result<ort::environment::Environment, DetectError> {
+pub(crate) fn environment(
+    dylib: Option<&Path>,
+) -> Result<ort::environment::Environment, DetectError> {
     static ENV: OnceLock<ort::environment::Environment> = OnceLock::new();
     static INIT: Mutex<()> = Mutex::new(());
     if let Some(env) = ENV.get() {

@@ -14,15 +14,21 @@ use super::decode::{Decoded, StreamDecoder};
 use super::record::{
     BoxNorm, DetectionRecord, EventRecord, ModelRef, Object, DETECTIONS_SCHEMA, EVENTS_SCHEMA,
 };
-use super::state::{CameraState, Observation, PictureStats};
+use super::state::{CameraState, Event, EventKind, Observation, Phase, PictureStats};
 use crate::consume;
 use crate::detect::{DetectError, Detector, DetectorOptions};
 use crate::fanout::{Delivery, Frame, ProcessFuture, Processor, ProcessorError};
+use crate::learn::embed::{EmbedError, Embedder};
+use crate::learn::features::{detection_id, verifier_input};
+use crate::learn::model::{ModelSource, NoModels};
+use crate::learn::record::{FeatureObject, FeatureRecord, ModelName, Verdict, FEATURES_SCHEMA};
+use crate::learn::scene::{SceneKind, SceneTransition, SceneWatch};
 use camfleet_shared::config::{CollectorKafkaConfig, InferenceConfig};
 use camfleet_shared::CameraId;
 use metrics::{Counter, Histogram};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +37,8 @@ pub enum InferError {
     Model(#[from] DetectError),
     #[error("inference producer: {0}")]
     Kafka(String),
+    #[error("embedding backbone")]
+    Embedding(#[from] EmbedError),
 }
 
 struct CameraInference {
@@ -40,6 +48,9 @@ struct CameraInference {
     inferred: Counter,
     skipped_behind: Counter,
     skipped_undecodable: Counter,
+    /// Capture time of the last whole-frame embedding.
+    last_scene_us: Option<u64>,
+    scene: SceneWatch,
 }
 
 /// Records computed for a frame but not yet acknowledged.
@@ -61,6 +72,11 @@ pub struct InferenceProcessor {
     pending: Option<Pending>,
     inference_seconds: Histogram,
     capture_to_published: Histogram,
+    /// `[inference.embedding]`: the backbone, when learning features are on.
+    embedder: Option<Embedder>,
+    embedding_seconds: Histogram,
+    /// The learned models in force (hot-swapped behind the trait).
+    models: Arc<dyn ModelSource>,
 }
 
 /// The detector `[inference]` names (also what `validate` loads).
@@ -88,6 +104,11 @@ pub fn describe_metrics() {
         "Detector time per picture (preprocess, ONNX Runtime, decode of outputs)"
     );
     describe_histogram!(
+        "camfleet_collector_embedding_seconds",
+        Unit::Seconds,
+        "Embedding backbone time per inferred picture (all its crops and the sampled whole frame)"
+    );
+    describe_histogram!(
         "camfleet_collector_capture_to_detection_seconds",
         Unit::Seconds,
         "Capture at the edge to the detection record acknowledged by Kafka"
@@ -103,6 +124,14 @@ impl InferenceProcessor {
         // it here, not on a camera's first picture.
         let flat = vec![128u8; 64 * 64 * 3 / 2];
         detector.detect_i420(&[(64, 64, flat.as_slice())])?;
+        let embedder = match &config.embedding {
+            Some(e) => Some(Embedder::load(
+                &e.model,
+                &e.models_dir(),
+                config.onnxruntime_library.as_deref(),
+            )?),
+            None => None,
+        };
         let producer: FutureProducer =
             consume::producer_config(kafka, "camfleet-collector-inference")
                 .map_err(|e| InferError::Kafka(e.to_string()))?
@@ -123,7 +152,17 @@ impl InferenceProcessor {
             capture_to_published: metrics::histogram!(
                 "camfleet_collector_capture_to_detection_seconds"
             ),
+            embedder,
+            embedding_seconds: metrics::histogram!("camfleet_collector_embedding_seconds"),
+            models: Arc::new(NoModels),
         })
+    }
+
+    /// The learned models to use (default: none); a hot-swapping source
+    /// takes effect at the next picture.
+    pub fn with_models(mut self, models: Arc<dyn ModelSource>) -> Self {
+        self.models = models;
+        self
     }
 
     fn camera(&mut self, frame: &Frame) -> &mut CameraInference {
@@ -140,6 +179,8 @@ impl InferenceProcessor {
                     inferred: metrics::counter!("camfleet_collector_frames_inferred_total", "camera" => label.clone()),
                     skipped_behind: metrics::counter!("camfleet_collector_inference_frames_skipped_total", "camera" => label.clone(), "reason" => "behind"),
                     skipped_undecodable: metrics::counter!("camfleet_collector_inference_frames_skipped_total", "camera" => label, "reason" => "undecodable"),
+                    last_scene_us: None,
+                    scene: SceneWatch::default(),
                 }
             });
         cam.partition = frame.partition;
@@ -192,6 +233,7 @@ impl InferenceProcessor {
             }
         };
         let stats = PictureStats::of_i420(width, height, &picture);
+        let learned = self.learn(frame, width, height, &picture, &detections, &stats);
         self.picture = picture;
         let manifest = self.detector.manifest();
         let camera = frame.meta.camera.as_str();
@@ -214,7 +256,10 @@ impl InferenceProcessor {
             },
             objects: detections
                 .iter()
-                .map(|d| Object {
+                .enumerate()
+                .map(|(i, d)| Object {
+                    id: detection_id(camera, frame.meta.epoch, frame.meta.seq, i),
+                    verifier: learned.verdicts.get(i).cloned().flatten(),
                     label: &d.label,
                     class_id: d.class_id,
                     score: d.score,
@@ -241,19 +286,39 @@ impl InferenceProcessor {
             frame.meta.capture_us,
         );
         let events_topic = self.events_topic.clone();
+        if let Some((topic, payload)) = learned.features {
+            out.push((topic, payload));
+        }
         let cam = self
             .cameras
             .get_mut(&frame.meta.camera)
             .expect("camera entry");
         cam.inferred.increment(1);
-        for event in cam.state.observe(Observation {
+        let mut events = cam.state.observe(Observation {
             seq,
             epoch,
             pts_90k,
             capture_us,
             stats,
             labels: &labels,
-        }) {
+        });
+        if let Some(t) = learned.scene {
+            let (kind, phase) = match t {
+                SceneTransition::Started(k) => (k, Phase::Started),
+                SceneTransition::Ended(k) => (k, Phase::Ended),
+            };
+            events.push(Event {
+                kind: match kind {
+                    SceneKind::SceneChanged => EventKind::SceneChanged,
+                    SceneKind::Tampered => EventKind::Tampered,
+                },
+                phase: Some(phase),
+                label: None,
+                seq,
+                capture_us,
+            });
+        }
+        for event in events {
             tracing::info!(camera, kind = ?event.kind, phase = ?event.phase, label = event.label.as_deref(), seq, "event");
             let record = EventRecord {
                 schema: EVENTS_SCHEMA,
@@ -267,6 +332,142 @@ impl InferenceProcessor {
             ));
         }
         out
+    }
+
+    /// Learning features of one inferred picture (when `[inference.embedding]`
+    /// is on): crop embeddings batched per picture, the verifier's verdicts,
+    /// a whole-frame embedding every `scene_period_s` and the scene model's
+    /// transition. A backbone or model failure costs the features of this
+    /// picture only (logged); detections are published regardless.
+    fn learn(
+        &mut self,
+        frame: &Frame,
+        width: u32,
+        height: u32,
+        picture: &[u8],
+        detections: &[crate::detect::Detection],
+        stats: &PictureStats,
+    ) -> Learned {
+        let mut learned = Learned::default();
+        let (Some(embedder), Some(config)) =
+            (self.embedder.as_mut(), self.config.embedding.as_ref())
+        else {
+            return learned;
+        };
+        let meta = &frame.meta;
+        let camera = meta.camera.as_str();
+        let t = Instant::now();
+        let boxes: Vec<[f32; 4]> = if config.objects {
+            detections.iter().map(|d| d.bbox).collect()
+        } else {
+            Vec::new()
+        };
+        let cam = self.cameras.get_mut(&meta.camera).expect("camera entry");
+        let period_us = (config.scene_period_s * 1e6) as u64;
+        let scene_due = period_us > 0
+            && cam
+                .last_scene_us
+                .is_none_or(|last| meta.capture_us.abs_diff(last) >= period_us);
+        let embedded = tokio::task::block_in_place(|| -> Result<_, EmbedError> {
+            let objects = embedder.embed_boxes(width, height, picture, &boxes)?;
+            let frame_embedding = if scene_due {
+                embedder.embed_pictures(&[(width, height, picture)])?.pop()
+            } else {
+                None
+            };
+            Ok((objects, frame_embedding))
+        });
+        self.embedding_seconds.record(t.elapsed().as_secs_f64());
+        let (embeddings, frame_embedding) = match embedded {
+            Ok(e) => e,
+            Err(error) => {
+                tracing::warn!(camera, seq = meta.seq, %error, "embedding failed on a picture; its features are not recorded");
+                return learned;
+            }
+        };
+        if frame_embedding.is_some() {
+            cam.last_scene_us = Some(meta.capture_us);
+        }
+        let backbone = embedder.manifest();
+        let manifest = self.detector.manifest();
+        let mut record = FeatureRecord {
+            schema: FEATURES_SCHEMA.into(),
+            camera: camera.into(),
+            epoch: meta.epoch,
+            seq: meta.seq,
+            capture_us: meta.capture_us as i64,
+            model: ModelName {
+                name: manifest.name.clone(),
+                version: manifest.version.clone(),
+            },
+            backbone: ModelName {
+                name: backbone.name.clone(),
+                version: backbone.version.clone(),
+            },
+            objects: detections
+                .iter()
+                .zip(embeddings)
+                .enumerate()
+                .map(|(i, (d, embedding))| FeatureObject {
+                    id: detection_id(camera, meta.epoch, meta.seq, i),
+                    class_id: d.class_id as u32,
+                    label: d.label.clone(),
+                    score: d.score,
+                    bbox: d.bbox,
+                    verifier: None,
+                    embedding,
+                })
+                .collect(),
+            frame_embedding,
+        };
+        if let Some(verifier) = self.models.verifier(camera) {
+            let rows: Vec<Vec<f32>> = record
+                .objects
+                .iter()
+                .map(|o| verifier_input(&record.features(o), verifier.num_classes()))
+                .collect();
+            match verifier.probabilities(&rows) {
+                Ok(p) if p.len() == rows.len() => {
+                    for (o, probability) in record.objects.iter_mut().zip(p) {
+                        o.verifier = Some(Verdict {
+                            name: verifier.name().into(),
+                            version: verifier.version().into(),
+                            probability,
+                            rejected: probability < verifier.threshold(),
+                        });
+                    }
+                }
+                Ok(p) => tracing::warn!(
+                    camera,
+                    seq = meta.seq,
+                    got = p.len(),
+                    want = rows.len(),
+                    "verifier returned the wrong number of probabilities; no verdicts"
+                ),
+                Err(error) => {
+                    tracing::warn!(camera, seq = meta.seq, %error, "verifier failed on a picture; no verdicts")
+                }
+            }
+        }
+        learned.verdicts = record.objects.iter().map(|o| o.verifier.clone()).collect();
+        if let (Some(scene), Some(embedding)) = (self.models.scene(camera), &record.frame_embedding)
+        {
+            match scene.distance(embedding) {
+                Ok(distance) => {
+                    let blind =
+                        stats.mean < super::state::DARK_MEAN || stats.std < super::state::FLAT_STD;
+                    learned.scene = cam.scene.observe(distance, scene.threshold(), blind);
+                }
+                Err(error) => {
+                    tracing::warn!(camera, seq = meta.seq, %error, "scene model failed on a picture")
+                }
+            }
+        }
+        learned.features = Some((
+            config.features_topic.clone(),
+            serde_json::to_string(&record).expect("feature record serialises"),
+        ));
+        learned
     }
 
     async fn publish(&mut self, frame: &Frame) -> Result<(), ProcessorError> {
@@ -292,6 +493,16 @@ impl InferenceProcessor {
         }
         Ok(())
     }
+}
+
+/// What [`InferenceProcessor::learn`] adds to a picture's records.
+#[derive(Default)]
+struct Learned {
+    /// Per object, in detection order.
+    verdicts: Vec<Option<Verdict>>,
+    /// The feature record (topic, JSON).
+    features: Option<(String, String)>,
+    scene: Option<SceneTransition>,
 }
 
 impl Processor for InferenceProcessor {

@@ -25,11 +25,16 @@ pub struct BoxNorm {
 
 #[derive(Debug, Serialize)]
 pub struct Object<'a> {
+    /// `learn::features::detection_id`: the handle ops label it with.
+    pub id: String,
     pub label: &'a str,
     pub class_id: usize,
     pub score: f32,
     #[serde(rename = "box")]
     pub bbox: BoxNorm,
+    /// The verifier's verdict, when one is in force for the camera.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verifier: Option<crate::learn::record::Verdict>,
 }
 
 #[derive(Debug, Serialize)]

@@ -117,6 +117,10 @@ pub enum EventKind {
     Covered,
     Blurred,
     Frozen,
+    /// The scene model says the view is far from normal (docs/events.md).
+    SceneChanged,
+    /// As `scene_changed`, on a dark or flat picture.
+    Tampered,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -15,5 +15,13 @@
 //! records the feature layout version it was trained on and is refused by a
 //! collector that builds a different one.
 
+pub mod dataset;
+pub mod embed;
 pub mod features;
+pub mod label;
 pub mod model;
+pub mod record;
+pub mod scene;
+pub mod stillness;
+pub mod table_writer;
+pub mod tables;
