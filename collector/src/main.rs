@@ -32,6 +32,12 @@ enum Command {
     /// The archive: `ls`, `prune`, `export` (docs/archive.md).
     #[command(subcommand)]
     Archive(camfleet_collector::archive::cli::ArchiveCommand),
+    /// Train verifier/scene models, evaluate them against the ones in force,
+    /// promote the better ones (docs/learning.md).
+    Train(camfleet_collector::learn::cli::TrainArgs),
+    /// The model registry: `list`, `show`, `promote`, `rollback`, `import`.
+    #[command(subcommand)]
+    Model(camfleet_collector::learn::cli::ModelCommand),
 }
 
 fn load(path: &Path) -> anyhow::Result<CollectorConfig> {
@@ -62,6 +68,8 @@ fn main() -> std::process::ExitCode {
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Archive(command) => camfleet_collector::archive::cli::run(command).await,
+        Command::Train(args) => camfleet_collector::learn::cli::train(args).await,
+        Command::Model(command) => camfleet_collector::learn::cli::model(command).await,
         Command::Validate {
             config,
             check_archive,

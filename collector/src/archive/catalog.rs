@@ -167,10 +167,16 @@ pub async fn record_segment<A: Archive>(
     save_hour(archive, &dir, &idx, changed).await
 }
 
-/// Every camera in the archive (`site/camera` directories), sorted.
+/// Every camera in the archive (`site/camera` directories), sorted. The
+/// model registry's directory (`_models`, docs/learning.md) is not a site.
 pub async fn cameras<A: Archive>(archive: &A) -> Result<Vec<CameraId>, CatalogError> {
     let mut out = Vec::new();
-    for site in archive.list("").await?.into_iter().filter(|e| e.is_dir) {
+    for site in archive
+        .list("")
+        .await?
+        .into_iter()
+        .filter(|e| e.is_dir && e.name != crate::learn::registry::MODELS_DIR)
+    {
         for cam in archive
             .list(&site.name)
             .await?

@@ -17,3 +17,17 @@
 
 pub mod features;
 pub mod model;
+
+// The model side: training, ONNX writing, the registry, shadow evaluation
+// and hot swap (docs/learning.md).
+pub mod cli;
+pub mod evaluate;
+pub mod manifest;
+pub mod onnx;
+pub mod registry;
+pub mod runtime;
+pub mod source;
+pub mod synthetic;
+pub mod table;
+pub mod train;
+pub mod trainer;
