@@ -130,6 +130,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     )?,
                 ));
             }
+            // Learned models (verifier, scene) hot-swapped from the registry.
+            // Merge note (issue 11 data side): hand `models.0` to the
+            // inference processor as its `ModelSource`.
+            let _models = camfleet_collector::learn::source::start(&cfg).await?;
             if let Some(hub) = live {
                 camfleet_collector::live::start(hub, &cfg.kafka, &mut processors)?;
             }

@@ -845,8 +845,10 @@ const fn default_min_labels() -> usize {
 const fn default_holdout_fraction() -> f64 {
     0.25
 }
+// Above the 2% that target_recall gives up by design, plus sampling noise
+// of a few dozen held-out real detections.
 const fn default_recall_tolerance() -> f64 {
-    0.02
+    0.05
 }
 const fn default_target_recall() -> f64 {
     0.98

@@ -313,6 +313,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_model_registry_is_not_a_site() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = LocalArchive::open(dir.path().to_str().unwrap()).unwrap();
+        a.put("s/c/2025/01/01/00/1.ts", Bytes::from_static(b"ts"))
+            .await
+            .unwrap();
+        // `_models/<name>` would otherwise read as site `_models`, camera `<name>`.
+        a.put("_models/scene@s@c/current", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let ids: Vec<String> = cameras(&a)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(ids, ["s/c"]);
+    }
+
+    #[tokio::test]
     async fn recording_is_idempotent_and_gaps_come_along() {
         let dir = tempfile::tempdir().unwrap();
         let a = LocalArchive::open(dir.path().to_str().unwrap()).unwrap();

@@ -212,6 +212,13 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
             let current = cx.registry.current(&name).await?;
             match version {
                 None => {
+                    let versions = cx.registry.versions(&name).await?;
+                    if current.is_none() && versions.is_empty() {
+                        bail!(
+                            "no model {name} in the registry ({})",
+                            cx.registry.location(&name, "")
+                        );
+                    }
                     println!("model {name}");
                     match &current {
                         Some(p) => println!(
@@ -220,7 +227,7 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
                         ),
                         None => println!("current - (none promoted)"),
                     }
-                    for v in cx.registry.versions(&name).await? {
+                    for v in versions {
                         let mark = if current.as_ref().is_some_and(|p| p.version == v) {
                             "*"
                         } else {

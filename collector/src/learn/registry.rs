@@ -209,7 +209,7 @@ impl<A: Archive> Registry<A> {
         files: &VersionFiles,
     ) -> Result<String, RegistryError> {
         let digest = Sha256::digest(&files.onnx);
-        let version = format!(
+        let base = format!(
             "{}-{:02x}{:02x}{:02x}{:02x}",
             now_utc().format("%Y%m%dT%H%M%SZ"),
             digest[0],
@@ -217,6 +217,19 @@ impl<A: Archive> Registry<A> {
             digest[2],
             digest[3]
         );
+        // The same model added twice in one second: a new version anyway,
+        // never a rewrite of an existing (immutable) one.
+        let mut version = base.clone();
+        let mut n = 1;
+        while self
+            .archive
+            .get(&format!("{}/{version}/manifest.toml", Self::dir(name)))
+            .await?
+            .is_some()
+        {
+            n += 1;
+            version = format!("{base}.{n}");
+        }
         let dir = format!("{}/{version}", Self::dir(name));
         self.archive
             .put(&format!("{dir}/model.onnx"), files.onnx.clone())

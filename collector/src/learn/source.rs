@@ -202,3 +202,30 @@ impl ModelSource for RegistryModelSource {
         f.scenes.get(&format!("scene@{site}@{cam}")).cloned()
     }
 }
+
+/// The collector's model source when `[learning]` is enabled: the registry
+/// under `archive.root`, read once now (so models in force are there before
+/// the first frame), then polled every `poll_interval_ms`. The inference
+/// processor looks models up through it ([`ModelSource`]).
+pub async fn start(
+    cfg: &camfleet_shared::config::CollectorConfig,
+) -> Result<
+    Option<(Arc<RegistryModelSource>, tokio::task::JoinHandle<()>)>,
+    crate::archive::ArchiveError,
+> {
+    let Some(learning) = cfg.learning.as_ref().filter(|l| l.enabled) else {
+        return Ok(None);
+    };
+    let registry = Registry::new(crate::archive::AnyArchive::open(&cfg.archive.root).await?);
+    let ort = cfg
+        .inference
+        .as_ref()
+        .and_then(|i| i.onnxruntime_library.clone());
+    let source = Arc::new(RegistryModelSource::new(ort));
+    if let Err(e) = source.poll(&registry).await {
+        tracing::warn!("model registry not readable at start, serving no learned models yet: {e}");
+    }
+    tracing::info!(in_force = ?source.versions_in_force(), "learned models");
+    let poller = source.spawn_polling(registry, Duration::from_millis(learning.poll_interval_ms));
+    Ok(Some((source, poller)))
+}

@@ -32,7 +32,7 @@ impl Lcg {
 
 /// `n` labelled detections of `camera`, every other one the poster.
 /// Embeddings have `embedding_dim` values; the poster's are one fixed look
-/// plus noise, people's vary widely.
+/// plus noise, people's vary around a shared person look.
 pub fn poster_and_people(
     camera: &str,
     n: usize,
@@ -40,7 +40,10 @@ pub fn poster_and_people(
     seed: u64,
 ) -> Vec<LabelledDetection> {
     let mut rng = Lcg::new(seed);
+    // Crops of people share a "person" look and vary around it; the poster
+    // is one print, seen the same way every time.
     let poster_look: Vec<f32> = (0..embedding_dim).map(|_| rng.normal()).collect();
+    let person_look: Vec<f32> = (0..embedding_dim).map(|_| rng.normal()).collect();
     let start_us = 1_764_000_000_000_000i64;
     (0..n)
         .map(|i| {
@@ -66,8 +69,9 @@ pub fn poster_and_people(
                     0.05 + 0.1 * rng.uniform(),
                     0.2 + 0.2 * rng.uniform(),
                     (0.45 + 0.5 * rng.uniform()).min(0.99),
-                    (0..embedding_dim)
-                        .map(|_| 1.5 * rng.normal())
+                    person_look
+                        .iter()
+                        .map(|v| v + 0.8 * rng.normal())
                         .collect::<Vec<f32>>(),
                 )
             };
