@@ -43,7 +43,12 @@ pub fn poster_and_people(
     // Crops of people share a "person" look and vary around it; the poster
     // is one print, seen the same way every time.
     let poster_look: Vec<f32> = (0..embedding_dim).map(|_| rng.normal()).collect();
-    let person_look: Vec<f32> = (0..embedding_dim).map(|_| rng.normal()).collect();
+    // Person and poster looks differ by 1.5 per dimension (either sign), well
+    // beyond people's own spread (0.8): a backbone tells a print from a body.
+    let person_look: Vec<f32> = poster_look
+        .iter()
+        .map(|v| v + if rng.uniform() < 0.5 { 1.5 } else { -1.5 })
+        .collect();
     let start_us = 1_764_000_000_000_000i64;
     (0..n)
         .map(|i| {

@@ -41,8 +41,8 @@ pub struct VerifierTraining {
     /// L2 penalty of the logistic regression (on standardised features).
     pub l2_penalty: f64,
     pub max_iterations: u64,
-    /// The threshold is the highest that keeps at least this share of the
-    /// training split's real detections (the "keep the people" rule).
+    /// The threshold is the highest (at most 0.5) that keeps at least this
+    /// share of the training split's real detections ("keep the people").
     pub min_recall: f64,
 }
 
@@ -188,7 +188,11 @@ pub fn train_verifier(
         .filter(|(_, r)| **r)
         .map(|(row, _)| model.probability(row))
         .collect();
-    model.threshold = threshold_keeping(&real_probabilities, params.min_recall);
+    // Never reject what the model finds more likely real than not (0.5);
+    // lower the bar further when needed to keep `min_recall` of the real
+    // detections. On nearly separable data the quantile alone would sit at
+    // 0.99.. and drop held-out people the model is merely less sure of.
+    model.threshold = threshold_keeping(&real_probabilities, params.min_recall).min(0.5);
     Ok(model)
 }
 
