@@ -226,7 +226,7 @@ pub fn run(args: Args, results: Option<&std::path::Path>) -> anyhow::Result<()> 
     t.row(vec![
         "distance per frame, ONNX Runtime (µs)".into(),
         f(ort_s * 1e6 / m as f64, 1),
-        f(ort_s / rust_scene_s, 1),
+        f(ort_s / rust_scene_s, 3),
     ]);
     t.row(vec![
         "distance per frame, plain Rust f64 (µs)".into(),
