@@ -15,6 +15,7 @@ mod fleet;
 mod inference;
 mod kafka;
 mod latency;
+mod learn;
 mod live;
 mod measure;
 mod producer;
@@ -234,6 +235,23 @@ enum Section {
         /// The Python peer script.
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/detect/ort_peer.py"))]
         peer: PathBuf,
+    },
+    /// Learned models: training time per 10k labels (vs Spark MLlib), verifier and scene cost (ONNX Runtime vs plain Rust).
+    Learn {
+        /// Labelled detections trained on.
+        #[arg(long, default_value_t = 10_000)]
+        labels: usize,
+        /// Crop embedding length (the verifier's row is 7 + 80 classes + this).
+        #[arg(long, default_value_t = 128)]
+        embedding_dim: usize,
+        /// Whole-frame embedding length of the scene model.
+        #[arg(long, default_value_t = 256)]
+        scene_dim: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+        /// Python with pyspark (the analytics venv) for the Spark peer.
+        #[arg(long)]
+        python: Option<PathBuf>,
     },
     /// The agent's Kafka sink alone on pre-encoded real H.264: compression
     /// codecs (broker bytes, CPU, ack latency) and plaintext vs SASL_SSL.
@@ -465,6 +483,23 @@ async fn main() -> anyhow::Result<()> {
             };
             inference::run(&kafka, args, results).await
         }
+        Section::Learn {
+            labels,
+            embedding_dim,
+            scene_dim,
+            reps,
+            python,
+        } => learn::run(
+            learn::Args {
+                labels: labels.max(100),
+                embedding_dim,
+                scene_dim: scene_dim.max(2),
+                reps: reps.max(1),
+                python,
+                work,
+            },
+            results,
+        ),
         Section::Detect {
             clip,
             frames,

@@ -43,6 +43,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Train verifier/scene models, evaluate them against the ones in force,
+    /// promote the better ones (docs/learning.md).
+    Train(camfleet_collector::learn::cli::TrainArgs),
+    /// The model registry: `list`, `show`, `promote`, `rollback`, `import`.
+    #[command(subcommand)]
+    Model(camfleet_collector::learn::cli::ModelCommand),
 }
 
 fn load(path: &Path) -> anyhow::Result<CollectorConfig> {
@@ -89,6 +95,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Train(args) => camfleet_collector::learn::cli::train(args).await,
+        Command::Model(command) => camfleet_collector::learn::cli::model(command).await,
         Command::Validate {
             config,
             check_archive,
@@ -171,6 +179,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     )?,
                 ));
             }
+            // Learned models (verifier, scene) hot-swapped from the registry.
+            // Merge note (issue 11 data side): hand `models.0` to the
+            // inference processor as its `ModelSource`.
+            let _models = camfleet_collector::learn::source::start(&cfg).await?;
             if let Some(hub) = live {
                 camfleet_collector::live::start_fleet(&hub)?;
                 camfleet_collector::live::start(hub, &cfg.kafka, &mut processors)?;

@@ -41,6 +41,10 @@ JSONSCHEMA_VERSION=4.25.1
 ANALYTICS_VENV="$CAMFLEET_CACHE/venv-analytics"
 PYARROW_VERSION=26.0.1
 PYSPARK_VERSION=4.3.0
+# The Spark training path of the learned verifier (docs/learning.md): pyspark.ml
+# needs numpy; onnx writes the model Spark fitted. Added to the analytics venv.
+NUMPY_VERSION=2.4.6
+ONNX_VERSION=1.23.2
 # Test photos for the detector tests, taken from these PyPI wheels.
 SCIKIT_IMAGE_VERSION=0.26.0
 ULTRALYTICS_VERSION=8.4.190

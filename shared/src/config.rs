@@ -765,6 +765,164 @@ pub struct CollectorConfig {
     /// Live HLS per camera and the ops page (docs/live.md); absent = off.
     #[serde(default)]
     pub live: Option<LiveConfig>,
+    /// On-premises learning: verifier and scene models, registry, hot swap
+    /// (docs/learning.md); absent = off.
+    #[serde(default)]
+    pub learning: Option<LearningConfig>,
+}
+
+/// Which cameras one verifier covers.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LearningScope {
+    /// `verifier@<site>@<camera>`: one per camera.
+    Camera,
+    /// `verifier@<site>`: one per site, trained on all its cameras.
+    Site,
+}
+
+/// `[learning]` (docs/learning.md).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LearningConfig {
+    /// Train on the schedule and use promoted models live; `false` keeps the
+    /// `train` and `model` commands working but changes nothing at run time.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// One verifier per camera or per site.
+    #[serde(default = "default_learning_scope")]
+    pub scope: LearningScope,
+    /// Detector classes in the verifier's one-hot input (80 for COCO).
+    #[serde(default = "default_num_classes")]
+    pub num_classes: usize,
+    /// Promotion needs at least this many held-out labels.
+    #[serde(default = "default_min_labels")]
+    pub min_labels: usize,
+    /// Share of labelled detections held out for the shadow evaluation
+    /// (chosen by a hash of the detection id).
+    #[serde(default = "default_holdout_fraction")]
+    pub holdout_fraction: f64,
+    /// The candidate may lose at most this much recall against the baseline.
+    #[serde(default = "default_recall_tolerance")]
+    pub recall_tolerance: f64,
+    /// The candidate must beat the baseline's precision by more than this.
+    #[serde(default)]
+    pub min_precision_gain: f64,
+    /// The verifier's threshold keeps this share of the training split's
+    /// real detections.
+    #[serde(default = "default_target_recall")]
+    pub target_recall: f64,
+    /// Scene models: alarm threshold = this quantile of training distances...
+    #[serde(default = "default_scene_quantile")]
+    pub scene_threshold_quantile: f64,
+    /// ...times this margin.
+    #[serde(default = "default_scene_margin")]
+    pub scene_threshold_margin: f64,
+    /// Scene models are promoted only if at most this share of held-out
+    /// normal frames alarm.
+    #[serde(default = "default_scene_false_alarm")]
+    pub scene_max_false_alarm_rate: f64,
+    /// Retrain after this many new labels (0 = not on label count).
+    #[serde(default = "default_retrain_labels")]
+    pub retrain_after_labels: u64,
+    /// Retrain at least this often (0 = not on time).
+    #[serde(default = "default_retrain_interval_s")]
+    pub retrain_interval_s: u64,
+    /// How often each collector checks the registry's `current` pointers.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+}
+
+const fn default_learning_scope() -> LearningScope {
+    LearningScope::Camera
+}
+const fn default_num_classes() -> usize {
+    80
+}
+const fn default_min_labels() -> usize {
+    50
+}
+const fn default_holdout_fraction() -> f64 {
+    0.25
+}
+// Above the 2% that target_recall gives up by design, plus sampling noise
+// of a few dozen held-out real detections.
+const fn default_recall_tolerance() -> f64 {
+    0.05
+}
+const fn default_target_recall() -> f64 {
+    0.98
+}
+const fn default_scene_quantile() -> f64 {
+    0.99
+}
+const fn default_scene_margin() -> f64 {
+    1.5
+}
+const fn default_scene_false_alarm() -> f64 {
+    0.01
+}
+const fn default_retrain_labels() -> u64 {
+    200
+}
+const fn default_retrain_interval_s() -> u64 {
+    86_400
+}
+const fn default_poll_interval_ms() -> u64 {
+    10_000
+}
+
+impl Default for LearningConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every [learning] field has a default")
+    }
+}
+
+impl LearningConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let share = |field: &str, v: f64, lo: f64, hi: f64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    format!("learning.{field}"),
+                    format!("{v} is outside {lo}..={hi}"),
+                ))
+            }
+        };
+        share("holdout_fraction", self.holdout_fraction, 0.05, 0.9)?;
+        share("recall_tolerance", self.recall_tolerance, 0.0, 1.0)?;
+        share("min_precision_gain", self.min_precision_gain, 0.0, 1.0)?;
+        share("target_recall", self.target_recall, 0.5, 1.0)?;
+        share(
+            "scene_threshold_quantile",
+            self.scene_threshold_quantile,
+            0.5,
+            1.0,
+        )?;
+        share(
+            "scene_threshold_margin",
+            self.scene_threshold_margin,
+            1.0,
+            100.0,
+        )?;
+        share(
+            "scene_max_false_alarm_rate",
+            self.scene_max_false_alarm_rate,
+            0.0,
+            1.0,
+        )?;
+        if !(1..=1000).contains(&self.num_classes) {
+            return Err(invalid("learning.num_classes", "must be 1..=1000"));
+        }
+        if self.min_labels < 2 {
+            return Err(invalid("learning.min_labels", "must be at least 2"));
+        }
+        if self.poll_interval_ms < 100 {
+            return Err(invalid("learning.poll_interval_ms", "must be at least 100"));
+        }
+        Ok(())
+    }
 }
 
 /// `[inference]`: run a detector on each camera's video and publish
@@ -1106,6 +1264,9 @@ impl CollectorConfig {
         self.archive.retention.validate()?;
         if let Some(inference) = &self.inference {
             inference.validate()?;
+        }
+        if let Some(learning) = &self.learning {
+            learning.validate()?;
         }
         if let Some(live) = &self.live {
             live.validate()?;

@@ -197,10 +197,16 @@ pub async fn select_range<A: Archive>(
     Ok((segs, gaps))
 }
 
-/// Every camera in the archive (`site/camera` directories), sorted.
+/// Every camera in the archive (`site/camera` directories), sorted. The
+/// model registry's directory (`_models`, docs/learning.md) is not a site.
 pub async fn cameras<A: Archive>(archive: &A) -> Result<Vec<CameraId>, CatalogError> {
     let mut out = Vec::new();
-    for site in archive.list("").await?.into_iter().filter(|e| e.is_dir) {
+    for site in archive
+        .list("")
+        .await?
+        .into_iter()
+        .filter(|e| e.is_dir && e.name != crate::learn::registry::MODELS_DIR)
+    {
         for cam in archive
             .list(&site.name)
             .await?
@@ -334,6 +340,26 @@ mod tests {
             height: 2,
             complete: true,
         }
+    }
+
+    #[tokio::test]
+    async fn the_model_registry_is_not_a_site() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = LocalArchive::open(dir.path().to_str().unwrap()).unwrap();
+        a.put("s/c/2025/01/01/00/1.ts", Bytes::from_static(b"ts"))
+            .await
+            .unwrap();
+        // `_models/<name>` would otherwise read as site `_models`, camera `<name>`.
+        a.put("_models/scene@s@c/current", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let ids: Vec<String> = cameras(&a)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(ids, ["s/c"]);
     }
 
     #[tokio::test]

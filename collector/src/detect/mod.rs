@@ -394,7 +394,11 @@ fn decode_image(
 
 /// Dimensions of a named input or output as declared by the model (-1 =
 /// dynamic), or why there are none.
-fn declared(outlets: &[ort::value::Outlet], name: &str, what: &str) -> Result<Vec<i64>, String> {
+pub(crate) fn declared(
+    outlets: &[ort::value::Outlet],
+    name: &str,
+    what: &str,
+) -> Result<Vec<i64>, String> {
     let outlet = outlets.iter().find(|o| o.name() == name).ok_or_else(|| {
         let names: Vec<&str> = outlets.iter().map(|o| o.name()).collect();
         format!("the model has no {what} named {name:?} (it has {names:?})")
@@ -420,7 +424,7 @@ fn show_dims(want: &[Option<i64>]) -> String {
 }
 
 /// `want` matches `got` where both are known; -1 in `got` is dynamic.
-fn dims_match(got: &[i64], want: &[Option<i64>]) -> bool {
+pub(crate) fn dims_match(got: &[i64], want: &[Option<i64>]) -> bool {
     got.len() == want.len()
         && got
             .iter()

@@ -25,3 +25,17 @@ pub mod scene;
 pub mod stillness;
 pub mod table_writer;
 pub mod tables;
+
+// The model side: training, ONNX writing, the registry, shadow evaluation
+// and hot swap (docs/learning.md).
+pub mod cli;
+pub mod evaluate;
+pub mod manifest;
+pub mod onnx;
+pub mod registry;
+pub mod runtime;
+pub mod source;
+pub mod synthetic;
+pub mod table;
+pub mod train;
+pub mod trainer;
