@@ -172,17 +172,18 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             // The model is loaded before anything is consumed: a missing or
             // mismatched model stops the start with its cause.
             let mut processors: Vec<Box<dyn camfleet_collector::fanout::Processor>> = Vec::new();
+            // Learned models (verifier, scene) hot-swapped from the registry,
+            // read once before the first frame (docs/learning.md).
+            let models = camfleet_collector::learn::source::start(&cfg).await?;
             if let Some(inference) = &cfg.inference {
-                processors.push(Box::new(
-                    camfleet_collector::infer::processor::InferenceProcessor::new(
-                        inference, &cfg.kafka,
-                    )?,
-                ));
+                let mut processor = camfleet_collector::infer::processor::InferenceProcessor::new(
+                    inference, &cfg.kafka,
+                )?;
+                if let Some((source, _)) = &models {
+                    processor = processor.with_models(source.clone());
+                }
+                processors.push(Box::new(processor));
             }
-            // Learned models (verifier, scene) hot-swapped from the registry.
-            // Merge note (issue 11 data side): hand `models.0` to the
-            // inference processor as its `ModelSource`.
-            let _models = camfleet_collector::learn::source::start(&cfg).await?;
             if let Some(hub) = live {
                 camfleet_collector::live::start_fleet(&hub)?;
                 camfleet_collector::live::start(hub, &cfg.kafka, &mut processors)?;

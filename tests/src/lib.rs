@@ -8,6 +8,8 @@
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
 use rdkafka::ClientConfig;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -730,4 +732,45 @@ pub fn logged_output(cmd: &mut std::process::Command, label: &str) -> std::proce
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// A path from the environment `scripts/test` sets up (.services/env).
+pub fn env_path(name: &str) -> PathBuf {
+    PathBuf::from(std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run scripts/setup and source .services/env (scripts/test does)")
+    }))
+}
+
+/// JSON records of `topic` from its start, until `until` holds (2 min at most).
+pub fn read_json(
+    s: &Services,
+    topic: &str,
+    until: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &s.kafka)
+        .set("group.id", format!("{topic}.reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !until(&out) {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: only {} records",
+            out.len()
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            out.push(serde_json::from_slice(m.unwrap().payload().unwrap()).unwrap());
+        }
+    }
+    out
+}
+
+/// Horizontal centre of an object's normalised box in a detection record.
+pub fn centre_x(o: &serde_json::Value) -> f64 {
+    (o["box"]["x_min"].as_f64().unwrap() + o["box"]["x_max"].as_f64().unwrap()) / 2.0
 }

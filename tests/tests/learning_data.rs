@@ -18,19 +18,10 @@ use camfleet_collector::learn::model::{ModelError, ModelSource, SceneModel, Veri
 use camfleet_collector::learn::{dataset, features::LabelSource};
 use camfleet_shared::config::CollectorConfig;
 use camfleet_tests::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::ClientConfig;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn env_path(name: &str) -> PathBuf {
-    PathBuf::from(std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run scripts/setup and source .services/env (scripts/test does)")
-    }))
-}
 
 /// Test verifier: a fixed rule, "nothing in the left quarter of the picture
 /// is real" (where the clip's poster hangs).
@@ -104,38 +95,6 @@ impl ModelSource for TestModels {
     fn scene(&self, _camera: &str) -> Option<Arc<dyn SceneModel>> {
         Some(self.scene.clone())
     }
-}
-
-fn read_json(
-    s: &Services,
-    topic: &str,
-    until: impl Fn(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &s.kafka)
-        .set("group.id", format!("{topic}.reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !until(&out) {
-        assert!(
-            Instant::now() < deadline,
-            "{topic}: only {} records",
-            out.len()
-        );
-        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-            out.push(serde_json::from_slice(m.unwrap().payload().unwrap()).unwrap());
-        }
-    }
-    out
-}
-
-fn centre_x(o: &serde_json::Value) -> f64 {
-    (o["box"]["x_min"].as_f64().unwrap() + o["box"]["x_max"].as_f64().unwrap()) / 2.0
 }
 
 #[test]

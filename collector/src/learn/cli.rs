@@ -21,10 +21,11 @@ pub struct TrainArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Labelled-detections Parquet file or directory (docs/learning.md,
-    /// "Training tables").
+    /// "Training tables"). Default: the archive's per-camera-hour tables.
     #[arg(long)]
     pub labels: Option<PathBuf>,
     /// Frame-embeddings Parquet file or directory: trains scene models.
+    /// Default: the archive's per-camera-hour tables.
     #[arg(long)]
     pub frames: Option<PathBuf>,
 }
@@ -86,6 +87,8 @@ fn load_config(path: &Path) -> anyhow::Result<CollectorConfig> {
 
 struct Context_ {
     learning: LearningConfig,
+    /// `archive.root`, for messages.
+    root: String,
     registry: Registry<AnyArchive>,
     ort: Option<PathBuf>,
 }
@@ -95,6 +98,7 @@ async fn open(config: &Path) -> anyhow::Result<Context_> {
     let archive = AnyArchive::open(&cfg.archive.root).await?;
     Ok(Context_ {
         learning: cfg.learning.clone().unwrap_or_default(),
+        root: cfg.archive.root.clone(),
         registry: Registry::new(archive),
         ort: cfg
             .inference
@@ -109,23 +113,36 @@ fn parse_name(name: &str) -> anyhow::Result<ModelName> {
 
 pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
     let cx = open(&args.config).await?;
-    if args.labels.is_none() && args.frames.is_none() {
-        bail!("nothing to train on: pass --labels and/or --frames (Parquet, docs/learning.md)");
-    }
     let ort = cx.ort.as_deref();
     let wanted = |camera: &str| args.camera.as_deref().is_none_or(|c| c == camera);
     let mut candidates = Vec::new();
-    if let Some(path) = &args.labels {
-        let data: Vec<_> = super::table::load_labelled_files(path)?
+    // Without --labels/--frames, train on what the collector recorded: the
+    // archive's tables (ops labels winning over stillness ones).
+    let from_archive = args.labels.is_none() && args.frames.is_none();
+    let only = args
+        .camera
+        .as_deref()
+        .map(camfleet_shared::CameraId::new)
+        .transpose()
+        .context("--camera")?;
+    let labelled = match (&args.labels, from_archive) {
+        (Some(path), _) => Some((
+            path.display().to_string(),
+            super::table::load_labelled_files(path)?,
+        )),
+        (None, true) => Some((
+            format!("the archive's tables under {}", cx.root),
+            super::dataset::load_labelled(cx.registry.archive(), only.as_ref(), None, None).await?,
+        )),
+        (None, false) => None,
+    };
+    if let Some((source, data)) = labelled {
+        let data: Vec<_> = data
             .into_iter()
             .filter(|d| wanted(&d.features.camera))
             .collect();
         if data.is_empty() {
-            bail!(
-                "no labelled detections in {} for {:?}",
-                path.display(),
-                args.camera
-            );
+            bail!("no labelled detections in {source} for {:?}", args.camera);
         }
         let mut names = BTreeSet::new();
         for d in &data {
@@ -145,8 +162,18 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if let Some(path) = &args.frames {
-        let frames = super::table::load_frame_files(path)?;
+    let frames = match (&args.frames, from_archive) {
+        (Some(path), _) => Some(super::table::load_frame_files(path)?),
+        (None, true) => Some(
+            super::dataset::load_scene_embeddings(cx.registry.archive(), only.as_ref(), None, None)
+                .await?
+                .into_iter()
+                .map(|f| (f.camera, f.capture_us, f.embedding))
+                .collect(),
+        ),
+        (None, false) => None,
+    };
+    if let Some(frames) = frames {
         let cameras: BTreeSet<String> = frames
             .iter()
             .map(|f| f.0.clone())
