@@ -197,12 +197,31 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 Some(embedding) => {
                     let archive = AnyArchive::open(&cfg.archive.root).await?;
                     let kafka = cfg.kafka.clone();
+                    // Retraining on schedule, from the labels this
+                    // instance's table writer records (docs/learning.md).
+                    let counts = match cfg.learning.as_ref().filter(|l| l.enabled) {
+                        Some(learning) => {
+                            let counts = Arc::new(
+                                camfleet_collector::learn::schedule::LabelCounts::default(),
+                            );
+                            tokio::spawn(camfleet_collector::learn::schedule::run(
+                                config.clone(),
+                                learning.clone(),
+                                counts.clone(),
+                                std::time::Duration::from_secs(5),
+                                tables_stopped.clone(),
+                            ));
+                            Some(counts)
+                        }
+                        None => None,
+                    };
                     Some(tokio::spawn(async move {
-                        camfleet_collector::learn::table_writer::run(
+                        camfleet_collector::learn::table_writer::run_counting(
                             &archive,
                             &kafka,
                             &embedding,
                             tables_stopped,
+                            counts,
                         )
                         .await
                     }))

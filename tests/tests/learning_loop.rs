@@ -27,6 +27,23 @@ fn person_objects(records: &[serde_json::Value], epoch: u64) -> Vec<serde_json::
 
 #[test]
 fn stillness_and_ops_labels_train_a_verifier_that_suppresses_the_poster_live() {
+    learning_loop(Trigger::Cli);
+}
+
+/// The same loop with nobody running `train`: the collector's schedule
+/// retrains after `retrain_after_labels` new labels.
+#[test]
+fn the_collector_retrains_on_its_own_after_enough_new_labels() {
+    learning_loop(Trigger::Schedule);
+}
+
+#[derive(PartialEq)]
+enum Trigger {
+    Cli,
+    Schedule,
+}
+
+fn learning_loop(trigger: Trigger) {
     let run = Scenario::new("loop", 1);
     let [detections, events, features, labels] = ["detections", "events", "features", "labels"]
         .map(|t| run.services.fresh_topic(&format!("loop-{t}"), 1));
@@ -59,12 +76,13 @@ encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 10 }}
          features_topic = \"{features}\"\nlabels_topic = \"{labels}\"\ntables_flush_s = 1\n\
          stillness_iou = 0.7\nstillness_min_s = 3\nstillness_gap_s = 2\n\
          [learning]\nenabled = true\nscope = \"camera\"\nmin_labels = 10\n\
-         holdout_fraction = 0.3\npoll_interval_ms = 300\n",
+         holdout_fraction = 0.3\npoll_interval_ms = 300\nretrain_after_labels = {after}\n",
         run.collector_config(root.to_str().unwrap()),
         repo.join("collector/models/nanodet-g.toml").display(),
         repo.join("collector/models/ssdlite-backbone.toml")
             .display(),
         models = env_path("CAMFLEET_MODELS").display(),
+        after = if trigger == Trigger::Schedule { 10 } else { 0 },
     );
     let collector = run.spawn("collector", "camfleet-collector", &config);
     let config_file = run.dir.path().join("collector.toml");
@@ -117,12 +135,21 @@ encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 10 }}
         .all(|l| !l.real && (l.features.x_min + l.features.x_max) / 2.0 < 0.25));
 
     // Hard negatives alone teach nothing: no verifier is promoted.
-    let out = cli(&["train"]);
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains(": promoted:"),
-        "nothing to learn from negatives alone"
-    );
-
+    let scheduled = |log: &str| log.matches("scheduled training").count();
+    if trigger == Trigger::Cli {
+        let out = cli(&["train"]);
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(": promoted:"),
+            "nothing to learn from negatives alone"
+        );
+    } else {
+        collector.wait_log(
+            Duration::from_secs(60),
+            "a scheduled training on the stillness labels",
+            |log| scheduled(log) >= 1,
+        );
+        assert!(!collector.log_text().contains(": promoted:"));
+    }
     // Ops say the walker is real (every other detection of it).
     let ops: Vec<&str> = walker
         .iter()
@@ -140,9 +167,21 @@ encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 10 }}
     );
 
     // Now the next training's outcome differs: a verifier is promoted.
-    let out = cli(&["train"]);
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = if trigger == Trigger::Cli {
+        let out = cli(&["train"]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    } else {
+        collector.wait_log(
+            Duration::from_secs(60),
+            "a scheduled training that promotes",
+            |log| log.contains(": promoted:"),
+        );
+        let log = collector.log_text();
+        let line = log.lines().find(|l| l.contains(": promoted:")).unwrap();
+        // `outcome=verifier@lab@loop VERSION: promoted: ...`
+        line[line.find("verifier@lab@loop").unwrap()..].to_string()
+    };
     assert!(
         stdout.contains("verifier@lab@loop") && stdout.contains(": promoted:"),
         "{stdout}"

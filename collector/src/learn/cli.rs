@@ -112,6 +112,16 @@ fn parse_name(name: &str) -> anyhow::Result<ModelName> {
 }
 
 pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
+    for line in train_outcomes(args).await? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// One training run (the CLI's and the schedule's): one line per candidate
+/// saying what became of it.
+pub async fn train_outcomes(args: TrainArgs) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
     let cx = open(&args.config).await?;
     let ort = cx.ort.as_deref();
     let wanted = |camera: &str| args.camera.as_deref().is_none_or(|c| c == camera);
@@ -196,22 +206,25 @@ pub async fn train(args: TrainArgs) -> anyhow::Result<()> {
     for c in candidates {
         let verdict = if c.better { "better" } else { "not better" };
         if args.dry_run {
-            println!(
+            lines.push(format!(
                 "{} (dry run, nothing written): {verdict}: {}",
                 c.name, c.reason
-            );
-            println!("{}", c.files.metrics_json);
+            ));
+            lines.push(c.files.metrics_json.clone());
             continue;
         }
         let version = cx.registry.add_version(&c.name, &c.files).await?;
         if c.better {
             cx.registry.set_current(&c.name, &version).await?;
-            println!("{} {version}: promoted: {}", c.name, c.reason);
+            lines.push(format!("{} {version}: promoted: {}", c.name, c.reason));
         } else {
-            println!("{} {version}: kept, not promoted: {}", c.name, c.reason);
+            lines.push(format!(
+                "{} {version}: kept, not promoted: {}",
+                c.name, c.reason
+            ));
         }
     }
-    Ok(())
+    Ok(lines)
 }
 
 pub async fn model(command: ModelCommand) -> anyhow::Result<()> {

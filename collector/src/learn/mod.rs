@@ -22,6 +22,7 @@ pub mod label;
 pub mod model;
 pub mod record;
 pub mod scene;
+pub mod schedule;
 pub mod stillness;
 pub mod table_writer;
 pub mod tables;

@@ -45,6 +45,8 @@ pub struct TableWriter {
     clock: Arc<dyn Clock>,
     pending: BTreeMap<String, HourTables>,
     trackers: HashMap<String, StillnessTracker>,
+    /// Labels made durable, counted for the retraining schedule.
+    counts: Option<Arc<super::schedule::LabelCounts>>,
 }
 
 impl TableWriter {
@@ -58,6 +60,7 @@ impl TableWriter {
             clock,
             pending: BTreeMap::new(),
             trackers: HashMap::new(),
+            counts: None,
         }
     }
 
@@ -124,6 +127,12 @@ impl TableWriter {
         self.hour(&r.camera, r.capture_us).upsert_label(row);
     }
 
+    /// Counts the labels each flush makes durable into `counts`.
+    pub fn with_counts(mut self, counts: Arc<super::schedule::LabelCounts>) -> Self {
+        self.counts = Some(counts);
+        self
+    }
+
     /// Merges everything added so far into the hour files; once it returns
     /// Ok, all of it is durable. Returns the number of hour files written.
     pub async fn flush<A: Archive>(&mut self, archive: &A) -> Result<usize, TableWriterError> {
@@ -139,7 +148,14 @@ impl TableWriter {
         let mut written = 0;
         while let Some((dir, new)) = self.pending.pop_first() {
             match self.merge(archive, &dir, &new).await {
-                Ok(n) => written += n,
+                Ok(n) => {
+                    written += n;
+                    if let Some(counts) = &self.counts {
+                        for l in new.labels.values() {
+                            counts.add(&l.camera, 1);
+                        }
+                    }
+                }
                 Err(e) => {
                     // Keep the rows for the next attempt (nothing committed).
                     self.pending.insert(dir, new);
@@ -221,7 +237,19 @@ pub async fn run<A: Archive>(
     archive: &A,
     kafka: &CollectorKafkaConfig,
     config: &EmbeddingConfig,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), TableWriterError> {
+    run_counting(archive, kafka, config, shutdown, None).await
+}
+
+/// [`run`], counting the labels each flush makes durable into `counts`
+/// (the retraining schedule's input).
+pub async fn run_counting<A: Archive>(
+    archive: &A,
+    kafka: &CollectorKafkaConfig,
+    config: &EmbeddingConfig,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    counts: Option<Arc<super::schedule::LabelCounts>>,
 ) -> Result<(), TableWriterError> {
     let mut client = crate::consume::consumer_config(kafka)
         .map_err(|e| TableWriterError::Kafka(e.to_string()))?;
@@ -235,6 +263,9 @@ pub async fn run<A: Archive>(
         .subscribe(&[&config.features_topic, &config.labels_topic])
         .map_err(|e| TableWriterError::Kafka(e.to_string()))?;
     let mut writer = TableWriter::new(config, Arc::new(SystemClock));
+    if let Some(counts) = counts {
+        writer = writer.with_counts(counts);
+    }
     let period = Duration::from_secs_f64(config.tables_flush_s);
     let bad = metrics::counter!("camfleet_collector_learning_bad_records_total");
     let rows = metrics::counter!("camfleet_collector_learning_records_total");
