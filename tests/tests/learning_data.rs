@@ -243,6 +243,27 @@ encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 10 }}
         "the walker is detected on most scene pictures: {walker_dets}"
     );
 
+    // Records with ids and verdicts still validate against the published
+    // schema (additions only), checked by an independent validator.
+    let records_file = run.dir.path().join("records.json");
+    std::fs::write(&records_file, serde_json::to_string(&records).unwrap()).unwrap();
+    let check = Command::new(env_path("CAMFLEET_TOOLS_PYTHON"))
+        .args([
+            "-c",
+            "import json,sys,jsonschema\n\
+             s=json.load(open(sys.argv[1])); v=jsonschema.Draft202012Validator(s)\n\
+             for r in json.load(open(sys.argv[2])): v.validate(r)",
+        ])
+        .arg(repo.join("docs/detections.schema.json"))
+        .arg(&records_file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
     // The tables catch up within a few flushes.
     let cam = camfleet_shared::CameraId::new("lab/learn").unwrap();
     let archive = rt
