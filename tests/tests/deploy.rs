@@ -594,3 +594,96 @@ fn deploy_container_context_has_its_sources_and_the_entrypoint_runs() {
     assert_eq!(expose, ["9464"], "EXPOSE");
     assert!(deployment.contains("containerPort: 9464"));
 }
+
+/// The collector image really built, by Debian's buildah (chroot isolation,
+/// vfs storage, a private store in a temp dir), from deploy/container with
+/// the collector .deb. `debian:bookworm-slim` cannot be pulled here, so a
+/// Debian 12 minbase root fs (scripts/setup: debootstrap from Debian's
+/// archive) is imported under that name first. The image's ENTRYPOINT then
+/// runs as its USER and validates the config at the CMD's path.
+#[test]
+fn deploy_container_image_builds_with_buildah_and_runs_as_its_user() {
+    let cache = std::env::var("CAMFLEET_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/camfleet", std::env::var("HOME").expect("HOME")));
+    let base = Path::new(&cache).join("container-base/bookworm-minbase.tar");
+    assert!(
+        base.exists(),
+        "{} missing: run scripts/setup",
+        base.display()
+    );
+    let store = tempfile::tempdir().unwrap();
+    let buildah = |args: &[&str]| -> String {
+        let (ok, out, err) = run(Command::new("buildah")
+            .arg("--storage-driver=vfs")
+            .arg("--root")
+            .arg(store.path().join("root"))
+            .arg("--runroot")
+            .arg(store.path().join("run"))
+            .args(args));
+        assert!(ok, "buildah {args:?}:\n{out}{err}");
+        out
+    };
+    let scratch = buildah(&["from", "scratch"]);
+    buildah(&["add", scratch.trim(), base.to_str().unwrap(), "/"]);
+    buildah(&[
+        "commit",
+        "-q",
+        scratch.trim(),
+        "docker.io/library/debian:bookworm-slim",
+    ]);
+
+    let context = tempfile::tempdir().unwrap();
+    let deb = built_deb("camfleet-collector");
+    std::fs::copy(&deb, context.path().join(deb.file_name().unwrap())).unwrap();
+    std::fs::copy(
+        repo().join("deploy/container/Dockerfile"),
+        context.path().join("Dockerfile"),
+    )
+    .unwrap();
+    let image = "localhost/camfleet/collector:test";
+    buildah(&[
+        "bud",
+        "--isolation=chroot",
+        "--pull-never",
+        "-t",
+        image,
+        context.path().to_str().unwrap(),
+    ]);
+    let config = buildah(&[
+        "inspect",
+        "--format",
+        "{{.OCIv1.Config.User}} {{.OCIv1.Config.Entrypoint}} {{.OCIv1.Config.Cmd}}",
+        image,
+    ]);
+    assert_eq!(
+        config.trim(),
+        "65532:65532 [/usr/bin/camfleet-collector] [run --config /etc/camfleet/collector.toml]"
+    );
+    let container = buildah(&["from", "--pull-never", image]);
+    let version = buildah(&[
+        "run",
+        "--isolation=chroot",
+        "--user",
+        "65532:65532",
+        container.trim(),
+        "--",
+        "/usr/bin/camfleet-collector",
+        "--version",
+    ]);
+    assert_eq!(
+        version.trim(),
+        format!("camfleet-collector {}", env!("CARGO_PKG_VERSION"))
+    );
+    buildah(&[
+        "run",
+        "--isolation=chroot",
+        "--user",
+        "65532:65532",
+        container.trim(),
+        "--",
+        "/usr/bin/camfleet-collector",
+        "validate",
+        "--config",
+        "/etc/camfleet/collector.toml",
+    ]);
+}
