@@ -359,12 +359,9 @@ async fn run_once<S: FrameSink>(
         epoch = start.epoch, first_seq = start.first_seq, "camera streaming");
     stats.set_up(true);
 
-    // Each raw 720p frame is 1.4 MB: two queued (66 ms of slack at 30 fps)
-    // plus one in the encoder and one being captured bound a camera's frame
-    // memory to ~5.5 MB. Deeper queues only raised peak RSS when the CPU was
-    // contended (4 cameras: 83 -> 71 MB with the same drops).
-    let (raw_tx, raw_rx) = std_mpsc::sync_channel::<(RawFrame, u64)>(2);
-    let (recycle_tx, recycle_rx) = std_mpsc::sync_channel::<Vec<u8>>(3);
+    // Four raw frames (266 ms at 15 fps) absorb encoder stalls on a busy box.
+    let (raw_tx, raw_rx) = std_mpsc::sync_channel::<(RawFrame, u64)>(4);
+    let (recycle_tx, recycle_rx) = std_mpsc::sync_channel::<Vec<u8>>(8);
     let capture = spawn_capture(
         config,
         src,

@@ -301,12 +301,20 @@ fn live_page_archive_timeline_shows_the_gap_plays_a_click_and_exports() {
         frames: 45,
         paced: true,
     };
-    run.agent_with(&cam, "", &mqtt)
-        .wait_success(Duration::from_secs(60));
+    // A paced camera drops a frame when the encoder is late (a busy box);
+    // the agent counts what it delivered, and that is what must be archived.
+    let first = delivered(
+        &run.agent_with(&cam, "", &mqtt)
+            .wait_summary(Duration::from_secs(60)),
+    );
     std::thread::sleep(Duration::from_secs(4));
-    run.agent_with(&cam, "", &mqtt)
-        .wait_success(Duration::from_secs(60));
-    wait_until(Duration::from_secs(60), "90 frames in the index", || {
+    let second = delivered(
+        &run.agent_with(&cam, "", &mqtt)
+            .wait_summary(Duration::from_secs(60)),
+    );
+    let total = first + second;
+    let indexed = std::time::Instant::now();
+    loop {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -315,17 +323,23 @@ fn live_page_archive_timeline_shows_the_gap_plays_a_click_and_exports() {
             &addr,
             &format!("/api/archive/{YARD}?from={}&to={}", now - 600, now + 60),
         );
-        status == 200
-            && serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| {
-                v["segments"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|s| s["frames"].as_u64().unwrap())
-                    .sum::<u64>()
-                    == 90
-            })
-    });
+        let frames = serde_json::from_str::<serde_json::Value>(&body).map(|v| {
+            v["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["frames"].as_u64().unwrap())
+                .sum::<u64>()
+        });
+        if status == 200 && frames.is_ok_and(|f| f == total) {
+            break;
+        }
+        assert!(
+            indexed.elapsed() < Duration::from_secs(60),
+            "{total} frames in the index within 60 s; the timeline API said: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let v = drive_mode(
         &format!("http://{addr}/?camera={YARD}&timeline=60"),
@@ -374,9 +388,23 @@ fn live_page_archive_timeline_shows_the_gap_plays_a_click_and_exports() {
         .status()
         .unwrap();
     assert!(ok.success());
+    // Each run's frame numbers, rising within 0..45 (all 45 unless the
+    // camera dropped some, as counted above).
+    let numbers = frame_numbers(&file, 320, 192);
+    let split = numbers
+        .windows(2)
+        .position(|w| w[1] <= w[0])
+        .map_or(numbers.len(), |p| p + 1);
     assert_eq!(
-        frame_numbers(&file, 320, 192),
-        (0..45).chain(0..45).collect::<Vec<_>>()
+        (split as u64, numbers.len() as u64),
+        (first, total),
+        "{numbers:?}"
+    );
+    assert!(
+        [&numbers[..split], &numbers[split..]]
+            .iter()
+            .all(|run| run.windows(2).all(|w| w[0] < w[1]) && run.iter().all(|&n| n < 45)),
+        "{numbers:?}"
     );
     let out = Command::new("ffprobe")
         .args([
@@ -391,8 +419,9 @@ fn live_page_archive_timeline_shows_the_gap_plays_a_click_and_exports() {
         .output()
         .unwrap();
     let duration: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let dropped = (90 - total) as f64;
     assert!(
-        (duration - 6.0).abs() <= 1.0 / 15.0 + 0.01,
-        "export lasts {duration} s"
+        (duration - 6.0).abs() <= (1.0 + dropped) / 15.0 + 0.01,
+        "export lasts {duration} s ({dropped} frames dropped at the camera)"
     );
 }
