@@ -264,26 +264,41 @@ pub fn encode_gaps(rows: &BTreeMap<u64, GapRow>) -> Vec<u8> {
 }
 
 fn write_table(schema: SchemaRef, columns: Vec<ArrayRef>, table: &str) -> Vec<u8> {
-    // In the Arrow schema too: readers going through Arrow (pyarrow, Spark's
-    // vectorised reader) show the schema's metadata, not the footer's.
+    parquet_bytes(
+        &schema,
+        columns,
+        &[
+            (VERSION_KEY, INDEX_VERSION.to_string()),
+            (TABLE_KEY, table.to_string()),
+        ],
+    )
+}
+
+/// One Parquet file (one row group, snappy) in memory, with `meta` in the
+/// footer's key-value metadata and in the Arrow schema's metadata: readers
+/// going through Arrow (pyarrow, Spark's vectorised reader) show the
+/// schema's, others the footer's. Shared by every table the collector writes.
+pub(crate) fn parquet_bytes(
+    schema: &Schema,
+    columns: Vec<ArrayRef>,
+    meta: &[(&str, String)],
+) -> Vec<u8> {
     let schema = Arc::new(Schema::new_with_metadata(
         schema.fields().clone(),
-        [
-            (VERSION_KEY.to_string(), INDEX_VERSION.to_string()),
-            (TABLE_KEY.to_string(), table.to_string()),
-        ]
-        .into_iter()
-        .collect::<std::collections::HashMap<String, String>>(),
+        meta.iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect::<std::collections::HashMap<String, String>>(),
     ));
     let batch = RecordBatch::try_new(schema.clone(), columns)
         .expect("columns are built from the schema above");
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_created_by(format!("camfleet-collector {}", env!("CARGO_PKG_VERSION")))
-        .set_key_value_metadata(Some(vec![
-            KeyValue::new(VERSION_KEY.into(), INDEX_VERSION.to_string()),
-            KeyValue::new(TABLE_KEY.into(), table.to_string()),
-        ]))
+        .set_key_value_metadata(Some(
+            meta.iter()
+                .map(|(k, v)| KeyValue::new(k.to_string(), v.clone()))
+                .collect(),
+        ))
         .build();
     let mut w = ArrowWriter::try_new(Vec::new(), schema, Some(props))
         .expect("an in-memory writer with a valid schema");

@@ -11,6 +11,7 @@
 use super::features::{
     verifier_input, DetectionFeatures, LabelSource, LabelledDetection, FEATURE_LAYOUT_VERSION,
 };
+use crate::archive::index::parquet_bytes;
 use arrow_array::builder::{Float32Builder, ListBuilder};
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Float32Array, Int32Array, Int64Array, ListArray, RecordBatch,
@@ -19,10 +20,6 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -51,21 +48,6 @@ fn float_list(rows: impl Iterator<Item = Vec<f32>>) -> ArrayRef {
 
 fn list_type() -> DataType {
     DataType::List(Arc::new(Field::new("item", DataType::Float32, true)))
-}
-
-fn write(schema: Schema, columns: Vec<ArrayRef>, meta: Vec<KeyValue>) -> Vec<u8> {
-    let schema = Arc::new(schema);
-    let batch = RecordBatch::try_new(schema.clone(), columns)
-        .expect("columns are built from the schema above");
-    let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_created_by(format!("camfleet-collector {}", env!("CARGO_PKG_VERSION")))
-        .set_key_value_metadata(Some(meta))
-        .build();
-    let mut w = ArrowWriter::try_new(Vec::new(), schema, Some(props))
-        .expect("an in-memory writer with a valid schema");
-    w.write(&batch).expect("in-memory Parquet write");
-    w.into_inner().expect("in-memory Parquet close")
 }
 
 /// The labelled-detections table.
@@ -122,12 +104,12 @@ pub fn write_labelled(data: &[LabelledDetection], num_classes: usize) -> Vec<u8>
                 .map(|d| verifier_input(&d.features, num_classes)),
         ),
     ];
-    write(
-        schema,
+    parquet_bytes(
+        &schema,
         columns,
-        vec![
-            KeyValue::new(LAYOUT_KEY.into(), FEATURE_LAYOUT_VERSION.to_string()),
-            KeyValue::new(NUM_CLASSES_KEY.into(), num_classes.to_string()),
+        &[
+            (LAYOUT_KEY, FEATURE_LAYOUT_VERSION.to_string()),
+            (NUM_CLASSES_KEY, num_classes.to_string()),
         ],
     )
 }
@@ -144,7 +126,7 @@ pub fn write_frames(camera: &str, frames: &[(i64, Vec<f32>)]) -> Vec<u8> {
         Arc::new(Int64Array::from_iter_values(frames.iter().map(|f| f.0))),
         float_list(frames.iter().map(|f| f.1.clone())),
     ];
-    write(schema, columns, Vec::new())
+    parquet_bytes(&schema, columns, &[])
 }
 
 fn batches(path: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, TableError> {

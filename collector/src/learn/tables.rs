@@ -22,11 +22,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub const DETECTIONS_FILE: &str = "detections.parquet";
@@ -319,27 +315,14 @@ pub fn encode_frames(rows: &BTreeMap<(u64, u64), FrameRow>) -> Vec<u8> {
 }
 
 fn write_table(schema: SchemaRef, columns: Vec<ArrayRef>, table: &str) -> Vec<u8> {
-    let meta = [
-        (VERSION_KEY.to_string(), TABLES_VERSION.to_string()),
-        (TABLE_KEY.to_string(), table.to_string()),
-    ];
-    let schema = Arc::new(Schema::new_with_metadata(
-        schema.fields().clone(),
-        meta.iter().cloned().collect::<HashMap<_, _>>(),
-    ));
-    let batch = RecordBatch::try_new(schema.clone(), columns)
-        .expect("columns are built from the schema above");
-    let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_created_by(format!("camfleet-collector {}", env!("CARGO_PKG_VERSION")))
-        .set_key_value_metadata(Some(
-            meta.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect(),
-        ))
-        .build();
-    let mut w = ArrowWriter::try_new(Vec::new(), schema, Some(props))
-        .expect("an in-memory writer with a valid schema");
-    w.write(&batch).expect("in-memory Parquet write");
-    w.into_inner().expect("in-memory Parquet close")
+    crate::archive::index::parquet_bytes(
+        &schema,
+        columns,
+        &[
+            (VERSION_KEY, TABLES_VERSION.to_string()),
+            (TABLE_KEY, table.to_string()),
+        ],
+    )
 }
 
 /// Typed column access over the batches of one file.
