@@ -45,6 +45,33 @@ pub struct Candidate {
     pub reason: String,
 }
 
+impl Candidate {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        name: &ModelName,
+        onnx: Vec<u8>,
+        manifest_toml: String,
+        metrics: &serde_json::Value,
+        training_data: &serde_json::Value,
+        better: bool,
+        reason: String,
+    ) -> Self {
+        // A `Value` always serialises.
+        let json = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("json");
+        Self {
+            name: name.clone(),
+            files: VersionFiles {
+                onnx: onnx.into(),
+                manifest_toml,
+                metrics_json: json(metrics),
+                training_data_json: json(training_data),
+            },
+            better,
+            reason,
+        }
+    }
+}
+
 fn gate_rules(cfg: &LearningConfig) -> GateRules {
     GateRules {
         min_labels: cfg.min_labels,
@@ -214,17 +241,15 @@ pub async fn verifier_candidate<A: Archive>(
         "detection_ids_sha256": format!("{:x}", Sha256::digest(ids.join("\n"))),
         "feature_layout_version": FEATURE_LAYOUT_VERSION,
     });
-    Ok(Candidate {
-        name: name.clone(),
-        files: VersionFiles {
-            onnx: onnx_bytes.into(),
-            manifest_toml,
-            metrics_json: serde_json::to_string_pretty(&metrics).expect("json"),
-            training_data_json: serde_json::to_string_pretty(&training_data).expect("json"),
-        },
-        better: shadow.better,
-        reason: shadow.reason,
-    })
+    Ok(Candidate::new(
+        name,
+        onnx_bytes,
+        manifest_toml,
+        &metrics,
+        &training_data,
+        shadow.better,
+        shadow.reason,
+    ))
 }
 
 /// Trains a scene model on one camera's whole-frame embeddings; every
@@ -301,17 +326,15 @@ pub fn scene_candidate(
         "to_capture_us": frames.last().map(|f| f.0),
         "feature_layout_version": FEATURE_LAYOUT_VERSION,
     });
-    Ok(Candidate {
-        name: name.clone(),
-        files: VersionFiles {
-            onnx: onnx_bytes.into(),
-            manifest_toml,
-            metrics_json: serde_json::to_string_pretty(&metrics).expect("json"),
-            training_data_json: serde_json::to_string_pretty(&training_data).expect("json"),
-        },
-        better: report.better,
-        reason: report.reason,
-    })
+    Ok(Candidate::new(
+        name,
+        onnx_bytes,
+        manifest_toml,
+        &metrics,
+        &training_data,
+        report.better,
+        report.reason,
+    ))
 }
 
 /// Loads a registry version the way every collector will (manifest checks,
