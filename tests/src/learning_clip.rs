@@ -93,3 +93,26 @@ pub fn build(photos: &Path, scene_s: u32, black_s: u32, out: &Path) -> LearningC
         walker_y: [wy as f64 / hf, (wy + wh) as f64 / hf],
     }
 }
+
+/// An agent streaming the clip at `y4m` as camera `camera` to the
+/// scenario's topic (paced, like a real camera: the stillness rule measures
+/// capture time). Its state directory is shared by its runs.
+pub fn agent_config(run: &crate::Scenario, camera: &str, y4m: &Path) -> String {
+    format!(
+        r#"data_dir = "{data}"
+[kafka]
+bootstrap_servers = "{kafka}"
+topic = "{topic}"
+[http]
+listen = ""
+[[camera]]
+id = "{camera}"
+source = {{ kind = "y4m", path = "{y4m}" }}
+encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 10 }}
+"#,
+        data = run.dir.path().join("agent-data").display(),
+        kafka = run.services.kafka,
+        topic = run.topic,
+        y4m = y4m.display(),
+    )
+}

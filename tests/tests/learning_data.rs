@@ -107,23 +107,7 @@ fn learning_features_tables_stillness_labels_and_scene_events() {
     let clip = learning_clip::build(&env_path("CAMFLEET_PHOTOS"), 12, 4, &y4m);
     let total = clip.scene_frames + clip.black_frames;
 
-    let agent = format!(
-        r#"data_dir = "{data}"
-[kafka]
-bootstrap_servers = "{kafka}"
-topic = "{topic}"
-[http]
-listen = ""
-[[camera]]
-id = "lab/learn"
-source = {{ kind = "y4m", path = "{y4m}" }}
-encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 10 }}
-"#,
-        data = run.dir.path().join("agent-data").display(),
-        kafka = run.services.kafka,
-        topic = run.topic,
-        y4m = y4m.display(),
-    );
+    let agent = learning_clip::agent_config(&run, "lab/learn", &y4m);
     // Paced (real time): the stillness rule measures capture time, which an
     // unpaced file source would squeeze into a second or two.
     run.spawn("agent", "camfleet-agent", &agent)

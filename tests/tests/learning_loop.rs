@@ -49,23 +49,7 @@ fn learning_loop(trigger: Trigger) {
         .map(|t| run.services.fresh_topic(&format!("loop-{t}"), 1));
     let y4m = run.dir.path().join("learning.y4m");
     let clip = learning_clip::build(&env_path("CAMFLEET_PHOTOS"), 12, 1, &y4m);
-    let agent = format!(
-        r#"data_dir = "{data}"
-[kafka]
-bootstrap_servers = "{kafka}"
-topic = "{topic}"
-[http]
-listen = ""
-[[camera]]
-id = "lab/loop"
-source = {{ kind = "y4m", path = "{y4m}" }}
-encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 10 }}
-"#,
-        data = run.dir.path().join("agent-data").display(),
-        kafka = run.services.kafka,
-        topic = run.topic,
-        y4m = y4m.display(),
-    );
+    let agent = learning_clip::agent_config(&run, "lab/loop", &y4m);
 
     let root = run.dir.path().join("archive");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
