@@ -22,6 +22,9 @@ struct Arm {
     sysroot: &'static str,
     /// What `file` says about an executable for this target.
     file_says: &'static str,
+    /// openh264's NEON SAD routine for this target (upstream's
+    /// `codec/encoder/core/arm*/pixel_*neon.S`).
+    neon_sad: &'static str,
 }
 
 const AARCH64: Arm = Arm {
@@ -30,6 +33,7 @@ const AARCH64: Arm = Arm {
     qemu: "qemu-aarch64",
     sysroot: "/usr/aarch64-linux-gnu",
     file_says: "ARM aarch64",
+    neon_sad: "WelsSampleSad16x16_AArch64_neon",
 };
 
 const ARMV7: Arm = Arm {
@@ -38,6 +42,7 @@ const ARMV7: Arm = Arm {
     qemu: "qemu-arm",
     sysroot: "/usr/arm-linux-gnueabihf",
     file_says: "ARM, EABI5",
+    neon_sad: "WelsSampleSad16x16_neon",
 };
 
 /// The cross target dir (cross/build's cache unless overridden).
@@ -150,6 +155,46 @@ fn deploy_cross_aarch64_agent_streams_to_kafka_under_qemu() {
 #[test]
 fn deploy_cross_armv7_agent_streams_to_kafka_under_qemu() {
     streams_to_kafka_under_qemu(&ARMV7);
+}
+
+/// The ARM agent encodes with openh264's NEON assembly, not only its C
+/// code: binutils' `nm` finds the target's NEON routines defined in the
+/// binary (the linker keeps only routines the encoder's tables reference).
+fn links_openh264_neon(arm: &Arm) {
+    let bin = cross_agent(arm);
+    let out = Command::new("nm").arg(&bin).output().expect("nm (binutils)");
+    assert!(out.status.success(), "nm {}", bin.display());
+    let symbols = String::from_utf8_lossy(&out.stdout);
+    let neon: Vec<&str> = symbols
+        .lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [_, "T", name] if name.starts_with("Wels") && name.ends_with("_neon") => Some(name),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        neon.contains(&arm.neon_sad),
+        "{} lacks openh264's {} ({} Wels*_neon routines linked)",
+        bin.display(),
+        arm.neon_sad,
+        neon.len()
+    );
+    assert!(
+        neon.len() >= 40,
+        "only {} of openh264's NEON routines linked into {}",
+        neon.len(),
+        bin.display()
+    );
+}
+
+#[test]
+fn deploy_cross_aarch64_agent_links_openh264_neon_assembly() {
+    links_openh264_neon(&AARCH64);
+}
+
+#[test]
+fn deploy_cross_armv7_agent_links_openh264_neon_assembly() {
+    links_openh264_neon(&ARMV7);
 }
 
 fn dpkg_deb(args: &[&str], deb: &Path) -> String {
