@@ -963,3 +963,151 @@ fn live_fleet_redirects_to_the_owning_collector_and_shows_agent_status() {
     drop(agents);
     drop(collectors);
 }
+
+/// Encodes `frames` test-pattern pictures (320x192, 15 fps, 1 s GOPs) with
+/// the agent's encoder and produces them to the scenario's topic as camera
+/// `CAMERA`, epoch 1, with capture times from `start_us` on: a recorded
+/// stream replayed with the capture times a test needs (here: across an
+/// hour boundary in the past, which a live agent cannot be asked for).
+fn produce_recorded(run: &Scenario, frames: u64, start_us: u64) {
+    use camfleet_agent::encode::H264Encoder;
+    use camfleet_agent::source::{test_pattern, VideoFormat};
+    use camfleet_shared::config::EncoderConfig;
+    use camfleet_shared::wire::{self, Codec, FrameMeta, Rational};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let fps = Rational::new(15, 1).unwrap();
+    let (width, height) = (320, 192);
+    let config = EncoderConfig {
+        keyframe_interval_frames: 15,
+        ..EncoderConfig::default()
+    };
+    let mut encoder = H264Encoder::new(VideoFormat { width, height, fps }, &config).unwrap();
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &run.services.kafka)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    let camera = camfleet_shared::CameraId::new(CAMERA).unwrap();
+    for i in 0..frames {
+        let au = encoder
+            .encode(i, &test_pattern::render(width, height, i))
+            .unwrap();
+        let meta = FrameMeta {
+            camera: camera.clone(),
+            seq: i,
+            capture_us: start_us + i * 1_000_000 / 15,
+            pts_90k: fps.pts_90k(i),
+            keyframe: au.keyframe,
+            width,
+            height,
+            fps,
+            codec: Codec::H264,
+            epoch: 1,
+        };
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in wire::headers(&meta, None) {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let record = BaseRecord::to(&run.topic)
+            .key(CAMERA)
+            .payload(&au.annex_b)
+            .headers(headers);
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Archive playback across an hour: a stream recorded from 3 s before a
+/// whole hour to 3 s after it is archived in two hour directories (two
+/// hourly index files), and the VOD playlist for that range is one
+/// continuous run (no discontinuity) that ffprobe plays from the collector
+/// with every frame, in order.
+#[test]
+fn archive_vod_plays_a_range_across_an_hour_boundary() {
+    let run = Scenario::new("vod-hour", 1);
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // A whole hour in the past, and 3 s (45 frames, three GOPs) either side.
+    let hour_s = now_s - now_s % 3600 - 3600;
+    let start_us = (hour_s - 3) * 1_000_000;
+    produce_recorded(&run, 90, start_us);
+
+    let root = run.dir.path().join("archive");
+    let addr = free_local_addr();
+    let base = format!("http://{addr}");
+    let config = run.collector_config(root.to_str().unwrap()).replace(
+        "[http]\nlisten = \"\"\n",
+        &format!("[http]\nlisten = \"{addr}\"\n[live]\ndetections_topic = \"\"\n"),
+    );
+    let _collector = run.spawn("collector", "camfleet-collector", &config);
+    let api = format!(
+        "{base}/api/archive/{CAMERA}?from={}&to={}",
+        hour_s - 10,
+        hour_s + 10
+    );
+    let mut timeline = serde_json::Value::Null;
+    wait_until(Duration::from_secs(60), "90 frames in the index", || {
+        let r = curl(&api, &[]);
+        timeline = serde_json::from_slice(&r.body).unwrap_or_default();
+        r.status == 200 && timeline_frames(&timeline) == 90
+    });
+
+    // Two hours on disk, each with its own index.
+    let hour_dirs: std::collections::BTreeSet<_> = segments_under(&root)
+        .iter()
+        .map(|p| p.parent().unwrap().to_path_buf())
+        .collect();
+    assert_eq!(hour_dirs.len(), 2, "{hour_dirs:?}");
+    for dir in &hour_dirs {
+        assert!(dir.join("segments.parquet").exists(), "{}", dir.display());
+    }
+
+    // The VOD playlist of the range: one run, no discontinuity.
+    let vod_url = format!(
+        "{base}/archive/{CAMERA}/index.m3u8?from={}&to={}",
+        hour_s - 3,
+        hour_s + 3
+    );
+    let vod = curl(&vod_url, &[]);
+    assert_eq!(vod.status, 200, "{}", vod.text());
+    let text = vod.text();
+    assert!(text.ends_with("#EXT-X-ENDLIST\n"), "{text}");
+    assert!(!text.contains("#EXT-X-DISCONTINUITY"), "{text}");
+    assert_eq!(
+        text.matches("#EXT-X-PROGRAM-DATE-TIME").count(),
+        1,
+        "{text}"
+    );
+
+    // ffprobe plays it from the collector: every frame.
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(&vod_url)
+        .output()
+        .expect("ffprobe");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().next(),
+        Some("90"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The pictures are the recorded ones, in order, across the hour.
+    let mut numbers = Vec::new();
+    for (i, uri) in segment_uris(&text).iter().enumerate() {
+        let file = run.dir.path().join(format!("vod-{i}.ts"));
+        let r = curl(&format!("{base}/archive/{CAMERA}/{uri}"), &[]);
+        assert_eq!(r.status, 200);
+        std::fs::write(&file, &r.body).unwrap();
+        numbers.extend(frame_numbers(&file, 320, 192));
+    }
+    assert_eq!(numbers, (0..90).collect::<Vec<_>>());
+}
