@@ -162,7 +162,10 @@ fn deploy_cross_armv7_agent_streams_to_kafka_under_qemu() {
 /// binary (the linker keeps only routines the encoder's tables reference).
 fn links_openh264_neon(arm: &Arm) {
     let bin = cross_agent(arm);
-    let out = Command::new("nm").arg(&bin).output().expect("nm (binutils)");
+    let out = Command::new("nm")
+        .arg(&bin)
+        .output()
+        .expect("nm (binutils)");
     assert!(out.status.success(), "nm {}", bin.display());
     let symbols = String::from_utf8_lossy(&out.stdout);
     let neon: Vec<&str> = symbols
