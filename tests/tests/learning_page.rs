@@ -119,7 +119,7 @@ fn drive_label(addr: &str) -> serde_json::Value {
 }
 
 #[test]
-fn labels_from_the_page_publish_what_the_cli_does_behind_auth() {
+fn learning_page_labels_publish_what_the_cli_does_and_spark_reads_the_tables() {
     let run = Scenario::new("learnpage", 1);
     let topics = ["detections", "events", "features", "labels"]
         .map(|t| run.services.fresh_topic(&format!("learnpage-{t}"), 1));

@@ -126,3 +126,104 @@ fn seen_live(hub: &LiveHub, id: &str) -> bool {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use camfleet_shared::config::CollectorConfig;
+    use tower::ServiceExt;
+
+    async fn call(state: LabelState, content_type: &str, body: &str) -> (StatusCode, String) {
+        let app = axum::Router::new()
+            .route("/api/labels", axum::routing::post(post_label))
+            .with_state(state);
+        let resp = app
+            .oneshot(
+                Request::post("/api/labels")
+                    .header(header::CONTENT_TYPE, content_type)
+                    .body(Body::from(body.to_string()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&bytes).expect("a JSON error");
+        (status, j["error"].as_str().unwrap().to_string())
+    }
+
+    /// Every refusal happens before anything is published: no broker is
+    /// needed (the bootstrap address has none), the archive is empty.
+    #[tokio::test]
+    async fn refusals_answer_4xx_naming_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let cfg = CollectorConfig::from_toml(&format!(
+            "[kafka]\nbootstrap_servers = \"127.0.0.1:9\"\n[archive]\nroot = \"{root}\"\n\
+             [inference]\nmodel = \"m.toml\"\n[inference.embedding]\nmodel = \"e.toml\"\n[live]\n"
+        ))
+        .unwrap();
+        let hub = LiveHub::new(cfg.live.clone().unwrap());
+        let json = "application/json";
+
+        let off = LabelState {
+            labeller: None,
+            hub: hub.clone(),
+        };
+        let (status, error) = call(off, json, r#"{"id":"s/c:1:2:0","real":true}"#).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(error.contains("[inference.embedding]"), "{error}");
+
+        let archive = AnyArchive::open(root).await.unwrap();
+        let on = LabelState {
+            labeller: Some(Arc::new(Labeller::new(&cfg, archive).unwrap())),
+            hub,
+        };
+        for (content_type, body, want, text) in [
+            (
+                json,
+                r#"{"id":"s/c:1:2","real":true}"#,
+                400,
+                "<site>/<camera>:<epoch>:<seq>:<index>",
+            ),
+            (
+                json,
+                r#"{"id":"s/c:1:two:0","real":false}"#,
+                400,
+                "seq \"two\" is not a number",
+            ),
+            (
+                json,
+                r#"{"id":"s/c:1:2:0","real":true}"#,
+                404,
+                "no detection s/c:1:2:0",
+            ),
+            (
+                json,
+                r#"{"id":"s/c:1:2:0","real":"yes"}"#,
+                400,
+                "body must be JSON",
+            ),
+            (
+                json,
+                r#"{"id":"s/c:1:2:0","real":true,"x":1}"#,
+                400,
+                "unknown field `x`",
+            ),
+            (
+                "text/plain",
+                r#"{"id":"s/c:1:2:0","real":true}"#,
+                400,
+                "Content-Type",
+            ),
+        ] {
+            let (status, error) = call(on.clone(), content_type, body).await;
+            assert_eq!(status.as_u16(), want, "{body}: {error}");
+            assert!(error.contains(text), "{body}: {error}");
+        }
+    }
+}
