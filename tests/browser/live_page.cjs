@@ -15,6 +15,7 @@
 // box when there is one), clicks the "false" button of the selection and
 // waits for the collector's answer; the JSON's `label` holds how it
 // selected (`via`), the selected id, the answer and the status shown.
+// CAMFLEET_LABEL_VIA=box waits for a box only.
 // Each sample: which path played (hls.js or native), currentTime, decoded
 // frames, the picture's luma statistics (through a canvas), the test
 // pattern's frame number read from the barcode, overlay boxes drawn.
@@ -133,7 +134,7 @@ function sample(cam) {
     let label = null;
     if (process.env.CAMFLEET_DRIVE === "label") {
       const target = await (await page.waitForFunction(
-        (cam) => {
+        (cam, boxOnly) => {
           const p = window.camfleet && window.camfleet.players[cam];
           if (!p) return null;
           const card = document.getElementById("cam-" + cam);
@@ -143,7 +144,7 @@ function sample(cam) {
             return { via: "box", x: r.left + b.x + b.w / 2, y: r.top + b.y + b.h / 2, id: b.object.id };
           }
           const item = card.querySelector(".onscreen button");
-          if (item) {
+          if (item && !boxOnly) {
             const r = item.getBoundingClientRect();
             return { via: "list", x: r.left + r.width / 2, y: r.top + r.height / 2, text: item.textContent };
           }
@@ -151,6 +152,7 @@ function sample(cam) {
         },
         { timeout: 60000, polling: 50 },
         camera,
+        process.env.CAMFLEET_LABEL_VIA === "box",
       )).jsonValue();
       await page.mouse.click(target.x, target.y);
       await page.waitForFunction(
