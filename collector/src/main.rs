@@ -86,9 +86,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         } => {
             let cfg = load(&config)?;
             let archive = AnyArchive::open(&cfg.archive.root).await?;
-            let label =
-                camfleet_collector::learn::label::label(&cfg, &archive, &detection_id, real)
-                    .await?;
+            let label = camfleet_collector::learn::label::Labeller::new(&cfg, archive)?
+                .label(&detection_id, real)
+                .await?;
             println!(
                 "labelled {} {} (published on {}; the tables show it after the collector's next flush)",
                 label.detection_id, label.real, label.topic
@@ -161,11 +161,26 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     .install_recorder()
                     .context("cannot install the metrics recorder")?;
                 Stats::describe();
+                // Labels from the page: checked against the archive's
+                // tables through their own client, like playback.
+                let labels = match (
+                    &live,
+                    cfg.inference.as_ref().and_then(|i| i.embedding.as_ref()),
+                ) {
+                    (Some(_), Some(_)) => {
+                        Some(Arc::new(camfleet_collector::learn::label::Labeller::new(
+                            &cfg,
+                            AnyArchive::open(&cfg.archive.root).await?,
+                        )?))
+                    }
+                    _ => None,
+                };
                 let served = camfleet_collector::http::Served {
                     metrics,
                     service: service.clone(),
                     live: live.clone(),
                     playback,
+                    labels,
                 };
                 camfleet_collector::http::start(&cfg.http, served).await?;
             }

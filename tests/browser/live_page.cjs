@@ -9,6 +9,13 @@
 // timeline to show a gap, clicks the start of its first recorded stretch
 // and samples the archive playback that click starts; the JSON also holds
 // the timeline, the gap elements drawn and the export link.
+// With CAMFLEET_DRIVE=label it waits for a detection with an id, as a box
+// on the camera's video or in the "latest detections" list under it (boxes
+// are drawn only when inference keeps up with the video), clicks it (the
+// box when there is one), clicks the "false" button of the selection and
+// waits for the collector's answer; the JSON's `label` holds how it
+// selected (`via`), the selected id, the answer and the status shown.
+// CAMFLEET_LABEL_VIA=box waits for a box only.
 // Each sample: which path played (hls.js or native), currentTime, decoded
 // frames, the picture's luma statistics (through a canvas), the test
 // pattern's frame number read from the barcode, overlay boxes drawn.
@@ -19,6 +26,7 @@ const web = process.env.CAMFLEET_WEB || path.join(os.homedir(), ".cache/camfleet
 const puppeteer = require(path.join(web, "node_modules/puppeteer-core"));
 
 const [url, camera, screenshot, seconds, token] = process.argv.slice(2);
+let page = null;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function sample(cam) {
@@ -83,7 +91,7 @@ function sample(cam) {
   });
   const logs = [];
   try {
-    const page = await browser.newPage();
+    page = await browser.newPage();
     page.on("console", (m) => logs.push(m.text()));
     page.on("pageerror", (e) => logs.push("pageerror: " + e.message));
     await page.setViewport({ width: 960, height: 640 });
@@ -123,6 +131,55 @@ function sample(cam) {
         (cam) => document.getElementById("cam-" + cam).querySelector(".export").href, camera);
       timeline.selection = await page.evaluate((cam) => window.camfleet.timelines[cam].selection, camera);
     }
+    let label = null;
+    if (process.env.CAMFLEET_DRIVE === "label") {
+      const target = await (await page.waitForFunction(
+        (cam, boxOnly) => {
+          const p = window.camfleet && window.camfleet.players[cam];
+          if (!p) return null;
+          const card = document.getElementById("cam-" + cam);
+          const b = p.drawn && p.drawn.boxes.find((b) => b.object.id);
+          if (b) {
+            const r = card.querySelector("canvas").getBoundingClientRect();
+            return { via: "box", x: r.left + b.x + b.w / 2, y: r.top + b.y + b.h / 2, id: b.object.id };
+          }
+          const item = card.querySelector(".onscreen button");
+          if (item && !boxOnly) {
+            const r = item.getBoundingClientRect();
+            return { via: "list", x: r.left + r.width / 2, y: r.top + r.height / 2, text: item.textContent };
+          }
+          return null;
+        },
+        { timeout: 60000, polling: 50 },
+        camera,
+        process.env.CAMFLEET_LABEL_VIA === "box",
+      )).jsonValue();
+      await page.mouse.click(target.x, target.y);
+      await page.waitForFunction(
+        (cam) => window.camfleet.players[cam].selected && !document.getElementById("cam-" + cam).querySelector(".labelbox").hidden,
+        { timeout: 5000, polling: 50 },
+        camera,
+      );
+      const button = await page.evaluate((cam) => {
+        const r = document.getElementById("cam-" + cam).querySelector(".labelbox button.false").getBoundingClientRect();
+        return { x: r.left + r.width / 2, y: r.top + r.height / 2 };
+      }, camera);
+      const selected = await page.evaluate((cam) => window.camfleet.players[cam].selected.object.id, camera);
+      await page.mouse.click(button.x, button.y);
+      await page.waitForFunction(() => window.camfleet.labelResults.length > 0, { timeout: 60000, polling: 100 });
+      label = await page.evaluate((cam) => {
+        const box = document.getElementById("cam-" + cam).querySelector(".labelbox");
+        return {
+          results: window.camfleet.labelResults,
+          panel: box.querySelector(".det").textContent,
+          status: box.querySelector(".lstatus").textContent,
+          onScreen: document.getElementById("cam-" + cam).querySelector(".onscreen").textContent,
+        };
+      }, camera);
+      label.via = target.via;
+      label.clicked = target;
+      label.selected = selected;
+    }
     await page.waitForFunction(
       (cam) => window.camfleet && window.camfleet.players[cam] && window.camfleet.players[cam].video.currentTime > 0,
       { timeout: 40000, polling: 100 },
@@ -137,9 +194,24 @@ function sample(cam) {
     }
     const after = await page.evaluate(sample, camera);
     await page.screenshot({ path: screenshot });
-    console.log(JSON.stringify({ before, after, samples, logs, timeline }));
+    console.log(JSON.stringify({ before, after, samples, logs, timeline, label }));
   } catch (e) {
-    console.log(JSON.stringify({ error: String(e), logs }));
+    // What the page knew when it gave up, to say why.
+    let state = null;
+    try {
+      state = await page.evaluate((cam) => {
+        const c = window.camfleet, p = c && c.players[cam];
+        if (!p) return { players: c ? Object.keys(c.players) : null };
+        const last = p.detections[p.detections.length - 1];
+        return {
+          path: p.path, currentTime: p.video.currentTime, displayedMs: displayedCaptureMs(p),
+          detections: p.detections.length, lastDetectionMs: last ? last.capture_us / 1000 : null,
+          lastObjects: last ? last.objects : null, detectionsAvailable: c.detectionsAvailable,
+          boxesDrawn: c.boxesDrawn, drawn: p.drawn, errors: c.errors,
+        };
+      }, camera);
+    } catch (_) { /* the page is gone */ }
+    console.log(JSON.stringify({ error: String(e), logs, state }));
     process.exitCode = 1;
   } finally {
     await browser.close();

@@ -75,7 +75,8 @@ fn feed_detections(
                 "capture_us": meta.capture_us, "pts_90k": meta.pts_90k,
                 "width": meta.width, "height": meta.height,
                 "model": {"name": "test", "version": "1"},
-                "objects": [{"label": "person", "class_id": 0, "score": 0.9,
+                "objects": [{"id": format!("{}:{}:{}:0", meta.camera.as_str(), meta.epoch, meta.seq),
+                    "label": "person", "class_id": 0, "score": 0.9,
                     "box": {"x_min": 0.3, "y_min": 0.3, "x_max": 0.7, "y_max": 0.9}}],
                 "counts": {"person": 1},
                 "inference_ms": 1.0
@@ -115,6 +116,7 @@ fn drive_mode(
         .arg(seconds.to_string())
         .env("CAMFLEET_WEB", web_dir())
         .env("CAMFLEET_DRIVE", mode)
+        .env("CAMFLEET_LABEL_VIA", "box")
         .output()
         .expect("node (Debian) runs the page driver");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -224,6 +226,34 @@ fn live_page_plays_the_camera_in_chromium_via_hlsjs_and_native_hls_with_detectio
         v["after"]
     );
     assert_eq!(v["after"]["errors"], serde_json::json!([]));
+
+    // A click on a drawn box selects its detection; "false" asks the
+    // collector, which has no [inference.embedding] here: the page shows
+    // the refusal and why.
+    let v = drive_mode(
+        &format!("http://{addr}/?camera={CAMERA}"),
+        CAMERA,
+        "live-page-label-refused.png",
+        1,
+        "label",
+    );
+    let label = &v["label"];
+    assert_eq!(label["via"], "box", "{label}");
+    let selected = label["selected"].as_str().unwrap();
+    assert!(selected.starts_with("page/door:"), "{label}");
+    assert!(
+        label["panel"].as_str().unwrap().contains(selected),
+        "{label}"
+    );
+    assert_eq!(label["results"][0]["ok"], false, "{label}");
+    assert_eq!(label["results"][0]["status"], 404, "{label}");
+    assert!(
+        label["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("not labelled: labels need [inference.embedding]"),
+        "{label}"
+    );
 
     // Chromium's native HLS, asked for explicitly: the other path.
     let v = drive(

@@ -2,12 +2,14 @@
 //! the ops page and its JSON APIs (docs/live.md). Plain HTTP, or HTTPS
 //! with rustls when `[http.tls]` is set; every route but the probes
 //! (`/healthz`, `/readyz`) behind [`auth::require`] when `[http.auth]` is set.
+//! The page's one write, `POST /api/labels`, is in `label_routes`.
 //!
 //! Routes are grouped per feature (`live_routes`, `page`); [`router`]
 //! joins them, so another feature adds its own group here and nothing else.
 
 pub mod archive_routes;
 pub mod auth;
+pub mod label_routes;
 pub mod live_routes;
 pub mod page;
 
@@ -17,7 +19,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use camfleet_shared::config::HttpConfig;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -45,6 +47,9 @@ pub struct Served {
     pub live: Option<Arc<LiveHub>>,
     /// Archive playback (HLS VOD), timeline and export; None = not offered.
     pub playback: Option<Arc<crate::playback::ArchivePlayback>>,
+    /// Ops labels from the page (`POST /api/labels`); None = this collector
+    /// cannot label (no `[inference.embedding]`): the route says so.
+    pub labels: Option<Arc<crate::learn::label::Labeller<crate::archive::AnyArchive>>>,
 }
 
 /// The running server.
@@ -70,7 +75,7 @@ pub fn router(config: &HttpConfig, served: Served) -> Result<Router, HttpError> 
     );
     if let Some(hub) = served.live {
         let state = live_routes::LiveState {
-            hub,
+            hub: hub.clone(),
             public_cache: config.auth.is_none(),
         };
         let live = Router::new()
@@ -86,8 +91,15 @@ pub fn router(config: &HttpConfig, served: Served) -> Result<Router, HttpError> 
             .route("/api/cameras", get(live_routes::cameras))
             .route("/api/detections", get(live_routes::detections))
             .with_state(state);
+        let labels = Router::new()
+            .route("/api/labels", post(label_routes::post_label))
+            .with_state(label_routes::LabelState {
+                labeller: served.labels,
+                hub: hub.clone(),
+            });
         app = app
             .merge(live)
+            .merge(labels)
             .merge(page::routes(config.web_vendor_dir.clone()));
     }
     if let Some(playback) = served.playback {
