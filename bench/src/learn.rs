@@ -260,7 +260,7 @@ pub fn run(args: Args, results: Option<&std::path::Path>) -> anyhow::Result<()> 
             p.rejected_real.to_string(),
         ]);
     }
-    t.note("synthetic data (learn::synthetic); the test clip's numbers come with the data side");
+    t.note("synthetic data (learn::synthetic); the test clip's numbers are the next table (learn_clip.rs)");
     t.emit(results)?;
     Ok(())
 }

@@ -16,6 +16,7 @@ mod inference;
 mod kafka;
 mod latency;
 mod learn;
+mod learn_clip;
 mod live;
 mod measure;
 mod producer;
@@ -252,6 +253,17 @@ enum Section {
         /// Python with pyspark (the analytics venv) for the Spark peer.
         #[arg(long)]
         python: Option<PathBuf>,
+        /// Registry photos ($CAMFLEET_PHOTOS): precision/recall on the
+        /// learning clip through the real detector and backbone; needs --models.
+        #[arg(long)]
+        photos: Option<PathBuf>,
+        /// $CAMFLEET_MODELS (the detector's and the backbone's files).
+        #[arg(long)]
+        models: Option<PathBuf>,
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../collector/models/nanodet-g.toml"))]
+        detector: PathBuf,
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../collector/models/ssdlite-backbone.toml"))]
+        backbone: PathBuf,
     },
     /// The agent's Kafka sink alone on pre-encoded real H.264: compression
     /// codecs (broker bytes, CPU, ack latency) and plaintext vs SASL_SSL.
@@ -489,17 +501,41 @@ async fn main() -> anyhow::Result<()> {
             scene_dim,
             reps,
             python,
-        } => learn::run(
-            learn::Args {
-                labels: labels.max(100),
-                embedding_dim,
-                scene_dim: scene_dim.max(2),
-                reps: reps.max(1),
-                python,
-                work,
-            },
-            results,
-        ),
+            photos,
+            models,
+            detector,
+            backbone,
+        } => {
+            learn::run(
+                learn::Args {
+                    labels: labels.max(100),
+                    embedding_dim,
+                    scene_dim: scene_dim.max(2),
+                    reps: reps.max(1),
+                    python,
+                    work: work.clone(),
+                },
+                results,
+            )?;
+            match (photos, models) {
+                (Some(photos), Some(models)) => learn_clip::run(
+                    &learn_clip::Args {
+                        photos,
+                        detector,
+                        backbone,
+                        models,
+                        work,
+                    },
+                    results,
+                ),
+                _ => {
+                    eprintln!(
+                        "learn: no --photos/--models, the test clip's precision/recall is skipped"
+                    );
+                    Ok(())
+                }
+            }
+        }
         Section::Detect {
             clip,
             frames,

@@ -22,6 +22,9 @@ struct Setup {
 }
 
 impl Setup {
+    /// No collector runs here to score live traffic, so `train` promotes on
+    /// the held-out gate (`shadow = false`); the live shadow is proven in
+    /// tests/tests/learning_loop.rs.
     fn new() -> Self {
         ort_env();
         let dir = tempfile::tempdir().unwrap();
@@ -30,7 +33,7 @@ impl Setup {
             &config,
             format!(
                 "[kafka]\nbootstrap_servers = \"127.0.0.1:9\"\n\n[archive]\nroot = \"{}\"\n\n\
-                 [learning]\nmin_labels = 40\n",
+                 [learning]\nmin_labels = 40\nshadow = false\n",
                 dir.path().join("archive").display()
             ),
         )

@@ -831,6 +831,23 @@ pub struct LearningConfig {
     /// How often each collector checks the registry's `current` pointers.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// A verifier that passes the held-out gate in a scheduled or CLI
+    /// `train` first runs in shadow on live traffic beside the one in force
+    /// and is promoted only if it wins there too; `false` promotes on the
+    /// held-out gate alone.
+    #[serde(default = "default_true")]
+    pub shadow: bool,
+    /// Live labels (ops or stillness) of shadow-scored detections needed
+    /// before the live gate decides.
+    #[serde(default = "default_shadow_min_labels")]
+    pub shadow_min_labels: usize,
+    /// A shadow that has not gathered `shadow_min_labels` live labels after
+    /// this long is rejected (and a later training may try again).
+    #[serde(default = "default_shadow_max_s")]
+    pub shadow_max_s: u64,
+    /// How often each collector runs the live gate on models in shadow.
+    #[serde(default = "default_shadow_check_s")]
+    pub shadow_check_s: u64,
 }
 
 const fn default_learning_scope() -> LearningScope {
@@ -870,6 +887,16 @@ const fn default_retrain_interval_s() -> u64 {
 }
 const fn default_poll_interval_ms() -> u64 {
     10_000
+}
+const fn default_shadow_min_labels() -> usize {
+    50
+}
+// A week: long enough for a quiet camera to see ops once or twice.
+const fn default_shadow_max_s() -> u64 {
+    7 * 86_400
+}
+const fn default_shadow_check_s() -> u64 {
+    60
 }
 
 impl Default for LearningConfig {
@@ -920,6 +947,15 @@ impl LearningConfig {
         }
         if self.poll_interval_ms < 100 {
             return Err(invalid("learning.poll_interval_ms", "must be at least 100"));
+        }
+        if self.shadow_min_labels < 2 {
+            return Err(invalid("learning.shadow_min_labels", "must be at least 2"));
+        }
+        if self.shadow_max_s == 0 {
+            return Err(invalid("learning.shadow_max_s", "must be at least 1"));
+        }
+        if self.shadow_check_s == 0 {
+            return Err(invalid("learning.shadow_check_s", "must be at least 1"));
         }
         Ok(())
     }

@@ -13,9 +13,11 @@ pub struct LearningClip {
     pub width: u32,
     pub height: u32,
     pub fps: u32,
-    /// Frames of scene (poster + walker), then `black_frames` black ones.
+    /// Frames of scene (poster + walker), then `black_frames` black ones,
+    /// then `after_frames` of the scene again ([`build_covered`]).
     pub scene_frames: u32,
     pub black_frames: u32,
+    pub after_frames: u32,
     /// The poster: the astronaut photo's person, never moving.
     pub poster: [f64; 4],
     /// The walker's left edge moves from `walker_x0` (normalised) at
@@ -39,6 +41,19 @@ impl LearningClip {
 /// `scene_s` seconds of scene, then `black_s` seconds of black, 10 fps,
 /// 640x360, with a little temporal noise so no picture is frozen.
 pub fn build(photos: &Path, scene_s: u32, black_s: u32, out: &Path) -> LearningClip {
+    build_covered(photos, scene_s, black_s, 0, out)
+}
+
+/// [`build`] with `after_s` more seconds of the scene (the walker going on)
+/// after the black section: the camera uncovered again. `black_s = 0` is
+/// the scene alone (normal operation, for training a scene model).
+pub fn build_covered(
+    photos: &Path,
+    scene_s: u32,
+    black_s: u32,
+    after_s: u32,
+    out: &Path,
+) -> LearningClip {
     let (w, h, fps) = (640u32, 360u32, 10u32);
     // Poster: astronaut.png's person (18,14)-(362,512) scaled to 110x160 at (40,120).
     let (px, py, pw, ph) = (40, 120, 110, 160);
@@ -49,8 +64,16 @@ pub fn build(photos: &Path, scene_s: u32, black_s: u32, out: &Path) -> LearningC
          [2:v]crop=193:509:52:396,scale={ww}:{wh},format=yuv420p[walker];\
          [0:v][poster]overlay={px}:{py}[a];\
          [a][walker]overlay=x='{wx}+t*{speed}':y={wy}[b];\
-         [b]noise=alls=4:allf=t,format=yuv420p[scene];\
-         [3:v]format=yuv420p[black];[scene][black]concat=n=2:v=1:a=0"
+         [b]noise=alls=4:allf=t,format=yuv420p,split[s1][s2];\
+         [s1]trim=end={scene_s},setpts=PTS-STARTPTS[before];\
+         [s2]trim=start={scene_s},setpts=PTS-STARTPTS[after];\
+         [3:v]format=yuv420p,trim=end={black_s},setpts=PTS-STARTPTS[black];\
+         {}",
+        match (black_s, after_s) {
+            (0, _) => "[before]null;[black]nullsink;[after]nullsink".to_string(),
+            (_, 0) => "[before][black]concat=n=2:v=1:a=0;[after]nullsink".to_string(),
+            _ => "[before][black][after]concat=n=3:v=1:a=0".to_string(),
+        }
     );
     let status = Command::new("ffmpeg")
         .args([
@@ -62,13 +85,19 @@ pub fn build(photos: &Path, scene_s: u32, black_s: u32, out: &Path) -> LearningC
             "lavfi",
             "-i",
         ])
-        .arg(format!("color=c=0x5a6e4a:s={w}x{h}:r={fps}:d={scene_s}"))
+        .arg(format!(
+            "color=c=0x5a6e4a:s={w}x{h}:r={fps}:d={}",
+            scene_s + after_s.max(1)
+        ))
         .arg("-i")
         .arg(photos.join("astronaut.png"))
         .arg("-i")
         .arg(photos.join("bus.jpg"))
         .args(["-f", "lavfi", "-i"])
-        .arg(format!("color=c=black:s={w}x{h}:r={fps}:d={black_s}"))
+        .arg(format!(
+            "color=c=black:s={w}x{h}:r={fps}:d={}",
+            black_s.max(1)
+        ))
         .args(["-filter_complex", &filter, "-pix_fmt", "yuv420p"])
         .arg(out)
         .status()
@@ -81,6 +110,7 @@ pub fn build(photos: &Path, scene_s: u32, black_s: u32, out: &Path) -> LearningC
         fps,
         scene_frames: scene_s * fps,
         black_frames: black_s * fps,
+        after_frames: if black_s == 0 { 0 } else { after_s * fps },
         poster: [
             px as f64 / wf,
             py as f64 / hf,

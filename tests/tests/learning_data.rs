@@ -452,6 +452,7 @@ fn learning_tables_on_hdfs_are_idempotent() {
             score: 0.7,
             bbox: [0.1, 0.1, 0.3, 0.6],
             verifier: None,
+            shadow: None,
             embedding: vec![seq as f32; 1280],
         }],
         frame_embedding: Some(vec![0.5; 1280]),

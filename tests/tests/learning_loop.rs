@@ -4,10 +4,15 @@
 //! a collector with `[learning]` on; the stillness rule labels the poster a
 //! hard negative; a training with only those labels cannot promote anything;
 //! ops label some of the walker's detections real through the CLI and the
-//! next `train` promotes a verifier; every running collector picks it up
-//! without a restart, and on the next pass of the clip the poster's
-//! detections are flagged rejected (still published) while the walker's are
-//! kept. `model show` reports the evaluation kept in metrics.json.
+//! next `train` puts a verifier in shadow (`train` from the CLI, live shadow
+//! on): on the next pass of the clip the collector scores every detection
+//! with it beside the detector alone, the poster's shadow verdicts say
+//! rejected and the walker's kept; live labels of that pass (stillness on
+//! the poster, ops on the walker) make the collector's live gate promote it,
+//! and `model show` prints both the held-out and the live report.
+//! With the schedule (live shadow off) the promoted verifier is in force on
+//! the next pass: the poster's detections are flagged rejected (still
+//! published) while the walker's are kept.
 
 use camfleet_collector::archive::AnyArchive;
 use camfleet_collector::learn::{dataset, features::LabelSource};
@@ -31,7 +36,8 @@ fn stillness_and_ops_labels_train_a_verifier_that_suppresses_the_poster_live() {
 }
 
 /// The same loop with nobody running `train`: the collector's schedule
-/// retrains after `retrain_after_labels` new labels.
+/// retrains after `retrain_after_labels` new labels, and (live shadow off)
+/// promotes on the held-out gate.
 #[test]
 fn the_collector_retrains_on_its_own_after_enough_new_labels() {
     learning_loop(Trigger::Schedule);
@@ -60,13 +66,15 @@ fn learning_loop(trigger: Trigger) {
          features_topic = \"{features}\"\nlabels_topic = \"{labels}\"\ntables_flush_s = 1\n\
          stillness_iou = 0.7\nstillness_min_s = 3\nstillness_gap_s = 2\n\
          [learning]\nenabled = true\nscope = \"camera\"\nmin_labels = 10\n\
-         holdout_fraction = 0.3\npoll_interval_ms = 300\nretrain_after_labels = {after}\n",
+         holdout_fraction = 0.3\npoll_interval_ms = 300\nretrain_after_labels = {after}\n\
+         shadow = {shadow}\nshadow_min_labels = 10\nshadow_check_s = 1\n",
         run.collector_config(root.to_str().unwrap()),
         repo.join("collector/models/nanodet-g.toml").display(),
         repo.join("collector/models/ssdlite-backbone.toml")
             .display(),
         models = env_path("CAMFLEET_MODELS").display(),
         after = if trigger == Trigger::Schedule { 10 } else { 0 },
+        shadow = trigger == Trigger::Cli,
     );
     let collector = run.spawn("collector", "camfleet-collector", &config);
     let config_file = run.dir.path().join("collector.toml");
@@ -150,7 +158,13 @@ fn learning_loop(trigger: Trigger) {
         || labelled(LabelSource::Ops).count() == ops.len(),
     );
 
-    // Now the next training's outcome differs: a verifier is promoted.
+    // Now the next training's outcome differs: a verifier is promoted, or
+    // with the live shadow on, put in shadow.
+    let outcome = if trigger == Trigger::Cli {
+        ": shadow:"
+    } else {
+        ": promoted:"
+    };
     let stdout = if trigger == Trigger::Cli {
         let out = cli(&["train"]);
         assert!(out.status.success());
@@ -167,13 +181,18 @@ fn learning_loop(trigger: Trigger) {
         line[line.find("verifier@lab@loop").unwrap()..].to_string()
     };
     assert!(
-        stdout.contains("verifier@lab@loop") && stdout.contains(": promoted:"),
+        stdout.contains("verifier@lab@loop") && stdout.contains(outcome),
         "{stdout}"
     );
+    let (wanted, field) = if trigger == Trigger::Cli {
+        ("model in shadow", "shadow")
+    } else {
+        ("model in force", "verifier")
+    };
     collector.wait_log(
         Duration::from_secs(30),
-        "the running collector puts the verifier in force",
-        |log| log.contains("model in force") && log.contains("verifier@lab@loop"),
+        "the running collector puts the verifier in force (or in shadow)",
+        |log| log.contains(wanted) && log.contains("verifier@lab@loop"),
     );
 
     // The promoted model's report says what it gained.
@@ -187,11 +206,20 @@ fn learning_loop(trigger: Trigger) {
     let shown = String::from_utf8_lossy(&show.stdout);
     assert!(show.status.success(), "{shown}");
     assert!(
-        shown.contains("precision") && shown.contains("recall"),
+        shown.contains("precision")
+            && shown.contains("recall")
+            && shown.contains("held-out gate: better"),
         "{shown}"
     );
+    if trigger == Trigger::Cli {
+        let show = cli(&["model", "show", "verifier@lab@loop"]);
+        let shown = String::from_utf8_lossy(&show.stdout);
+        assert!(shown.contains(&format!("shadow {version}")), "{shown}");
+        assert!(shown.contains("current - (none promoted)"), "{shown}");
+    }
 
-    // Pass 2: a new epoch, scored by the verifier now in force.
+    // Pass 2: a new epoch, scored by the verifier now in force (or in
+    // shadow, beside the detector alone).
     run.spawn("agent", "camfleet-agent", &agent)
         .wait_success(Duration::from_secs(120));
     let records = read_json(&run.services, &detections, |r| {
@@ -202,13 +230,17 @@ fn learning_loop(trigger: Trigger) {
     let rejected = |set: &[&serde_json::Value]| {
         set.iter()
             .filter(|o| {
-                assert_eq!(o["verifier"]["name"], "verifier@lab@loop", "{o}");
-                o["verifier"]["rejected"] == true
+                assert_eq!(o[field]["name"], "verifier@lab@loop", "{o}");
+                assert_eq!(o[field]["version"], version.as_str(), "{o}");
+                if field == "shadow" {
+                    assert!(o["verifier"].is_null(), "nothing in force yet: {o}");
+                }
+                o[field]["rejected"] == true
             })
             .count()
     };
     eprintln!(
-        "pass 2: poster {} ({} rejected), walker {} ({} rejected)",
+        "pass 2 ({field}): poster {} ({} rejected), walker {} ({} rejected)",
         poster.len(),
         rejected(&poster),
         walker.len(),
@@ -223,5 +255,54 @@ fn learning_loop(trigger: Trigger) {
     assert!(
         rejected(&walker) * 20 <= walker.len(),
         "the walker is kept (<= 5% rejected)"
+    );
+    if trigger == Trigger::Schedule {
+        return;
+    }
+
+    // Live labels of pass 2: the stillness rule files the poster's, ops
+    // say the walker is real; the collector's live gate (every
+    // `shadow_check_s`) then judges the shadow on them and promotes it.
+    for id in walker.iter().step_by(2).map(|o| o["id"].as_str().unwrap()) {
+        let out = cli(&["label", id, "true"]);
+        assert!(out.status.success(), "label {id}");
+    }
+    collector.wait_log(
+        Duration::from_secs(90),
+        "the live gate promotes the shadow",
+        |log| log.contains("live gate") && log.contains("promoted: live shadow"),
+    );
+    collector.wait_log(
+        Duration::from_secs(30),
+        "the running collector puts the promoted verifier in force",
+        |log| log.contains("model in force") && log.contains("verifier@lab@loop"),
+    );
+    let show = cli(&["model", "show", "verifier@lab@loop"]);
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(shown.contains(&format!("current {version}")), "{shown}");
+    assert!(!shown.contains("shadow "), "the shadow ended: {shown}");
+    let show = cli(&["model", "show", "verifier@lab@loop", &version]);
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        shown.contains("held-out gate: better") && shown.contains("live gate: promote after"),
+        "{shown}"
+    );
+    // The live report in metrics.json: live labels only, the detector alone
+    // as the baseline, the shadow more precise at kept recall.
+    let metrics: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join(format!("_models/verifier@lab@loop/{version}/metrics.json")))
+            .unwrap(),
+    )
+    .unwrap();
+    let live = &metrics["live"]["report"];
+    assert_eq!(live["baseline"]["model"], "detector alone", "{live}");
+    assert!(live["holdout_labels"].as_u64().unwrap() >= 10, "{live}");
+    assert!(
+        live["candidate"]["precision"].as_f64() > live["baseline"]["precision"].as_f64(),
+        "{live}"
+    );
+    assert!(
+        metrics["shadow"]["better"] == true,
+        "the held-out report is kept: {metrics}"
     );
 }

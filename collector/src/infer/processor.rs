@@ -260,6 +260,7 @@ impl InferenceProcessor {
                 .map(|(i, d)| Object {
                     id: detection_id(camera, frame.meta.epoch, frame.meta.seq, i),
                     verifier: learned.verdicts.get(i).cloned().flatten(),
+                    shadow: learned.shadow_verdicts.get(i).cloned().flatten(),
                     label: &d.label,
                     class_id: d.class_id,
                     score: d.score,
@@ -415,40 +416,39 @@ impl InferenceProcessor {
                     score: d.score,
                     bbox: d.bbox,
                     verifier: None,
+                    shadow: None,
                     embedding,
                 })
                 .collect(),
             frame_embedding,
         };
         if let Some(verifier) = self.models.verifier(camera) {
-            let rows: Vec<Vec<f32>> = record
-                .objects
-                .iter()
-                .map(|o| verifier_input(&record.features(o), verifier.num_classes()))
-                .collect();
-            match verifier.probabilities(&rows) {
-                Ok(p) if p.len() == rows.len() => {
-                    for (o, probability) in record.objects.iter_mut().zip(p) {
-                        o.verifier = Some(Verdict {
-                            name: verifier.name().into(),
-                            version: verifier.version().into(),
-                            probability,
-                            rejected: probability < verifier.threshold(),
-                        });
+            match verdicts(verifier.as_ref(), &record) {
+                Ok(v) => {
+                    for (o, verdict) in record.objects.iter_mut().zip(v) {
+                        o.verifier = Some(verdict);
                     }
                 }
-                Ok(p) => tracing::warn!(
-                    camera,
-                    seq = meta.seq,
-                    got = p.len(),
-                    want = rows.len(),
-                    "verifier returned the wrong number of probabilities; no verdicts"
-                ),
                 Err(error) => {
                     tracing::warn!(camera, seq = meta.seq, %error, "verifier failed on a picture; no verdicts")
                 }
             }
         }
+        // The candidate in shadow scores the same rows; its failure costs
+        // only its own verdicts, never the current verifier's.
+        if let Some(shadow) = self.models.shadow_verifier(camera) {
+            match verdicts(shadow.as_ref(), &record) {
+                Ok(v) => {
+                    for (o, verdict) in record.objects.iter_mut().zip(v) {
+                        o.shadow = Some(verdict);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(camera, seq = meta.seq, %error, "shadow verifier failed on a picture; no shadow verdicts")
+                }
+            }
+        }
+        learned.shadow_verdicts = record.objects.iter().map(|o| o.shadow.clone()).collect();
         learned.verdicts = record.objects.iter().map(|o| o.verifier.clone()).collect();
         if let (Some(scene), Some(embedding)) = (self.models.scene(camera), &record.frame_embedding)
         {
@@ -495,11 +495,43 @@ impl InferenceProcessor {
     }
 }
 
+/// One verifier's verdicts on a picture's objects, in order.
+fn verdicts(
+    verifier: &dyn crate::learn::model::Verifier,
+    record: &FeatureRecord,
+) -> Result<Vec<Verdict>, String> {
+    let rows: Vec<Vec<f32>> = record
+        .objects
+        .iter()
+        .map(|o| verifier_input(&record.features(o), verifier.num_classes()))
+        .collect();
+    let p = verifier.probabilities(&rows).map_err(|e| e.to_string())?;
+    if p.len() != rows.len() {
+        return Err(format!(
+            "{} {} returned {} probabilities for {} objects",
+            verifier.name(),
+            verifier.version(),
+            p.len(),
+            rows.len()
+        ));
+    }
+    Ok(p.into_iter()
+        .map(|probability| Verdict {
+            name: verifier.name().into(),
+            version: verifier.version().into(),
+            probability,
+            rejected: probability < verifier.threshold(),
+        })
+        .collect())
+}
+
 /// What [`InferenceProcessor::learn`] adds to a picture's records.
 #[derive(Default)]
 struct Learned {
     /// Per object, in detection order.
     verdicts: Vec<Option<Verdict>>,
+    /// The shadow's, per object.
+    shadow_verdicts: Vec<Option<Verdict>>,
     /// The feature record (topic, JSON).
     features: Option<(String, String)>,
     scene: Option<SceneTransition>,

@@ -35,6 +35,10 @@ pub struct Object<'a> {
     /// The verifier's verdict, when one is in force for the camera.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verifier: Option<crate::learn::record::Verdict>,
+    /// The verdict of the candidate in shadow, when there is one: recorded
+    /// for the live gate, it never flags the detection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::learn::record::Verdict>,
 }
 
 #[derive(Debug, Serialize)]

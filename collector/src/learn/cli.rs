@@ -2,6 +2,8 @@
 //! (docs/learning.md): thin argument handling around [`super::trainer`] and
 //! [`super::registry`].
 
+use super::evaluate::LiveDecision;
+use super::manifest::ModelKind;
 use super::registry::{ModelName, Registry, VersionFiles};
 use super::trainer;
 use crate::archive::AnyArchive;
@@ -125,6 +127,19 @@ pub async fn train_outcomes(args: TrainArgs) -> anyhow::Result<Vec<String>> {
     let cx = open(&args.config).await?;
     let ort = cx.ort.as_deref();
     let wanted = |camera: &str| args.camera.as_deref().is_none_or(|c| c == camera);
+    // Candidates in shadow are judged first (docs/learning.md "Live
+    // shadow"): a pending one blocks new shadows of its name.
+    if !args.dry_run {
+        for (_, line) in live_gates(&cx, |name| {
+            args.camera
+                .as_deref()
+                .is_none_or(|c| trainer::covers(name, c))
+        })
+        .await?
+        {
+            lines.push(line);
+        }
+    }
     let mut candidates = Vec::new();
     // Without --labels/--frames, train on what the collector recorded: the
     // archive's tables (ops labels winning over stillness ones).
@@ -151,8 +166,16 @@ pub async fn train_outcomes(args: TrainArgs) -> anyhow::Result<Vec<String>> {
             .into_iter()
             .filter(|d| wanted(&d.features.camera))
             .collect();
-        if data.is_empty() {
+        // Labels given explicitly must be there; the archive may simply
+        // have none yet (a camera with only frames trains its scene model).
+        if data.is_empty() && !from_archive {
             bail!("no labelled detections in {source} for {:?}", args.camera);
+        }
+        if data.is_empty() {
+            lines.push(format!(
+                "no labelled detections in {source} for {}: no verifier trained",
+                args.camera.as_deref().unwrap_or("any camera")
+            ));
         }
         let mut names = BTreeSet::new();
         for d in &data {
@@ -214,7 +237,22 @@ pub async fn train_outcomes(args: TrainArgs) -> anyhow::Result<Vec<String>> {
             continue;
         }
         let version = cx.registry.add_version(&c.name, &c.files).await?;
-        if c.better {
+        let shadowed = cx.learning.shadow && c.name.kind == ModelKind::Verifier;
+        if c.better && shadowed {
+            match cx.registry.shadow(&c.name).await? {
+                Some(pending) => lines.push(format!(
+                    "{} {version}: kept, not shadowed: {} is still in shadow ({})",
+                    c.name, pending.version, c.reason
+                )),
+                None => {
+                    cx.registry.set_shadow(&c.name, &version).await?;
+                    lines.push(format!(
+                        "{} {version}: shadow: {}; promoted once it wins on {} live labels",
+                        c.name, c.reason, cx.learning.shadow_min_labels
+                    ));
+                }
+            }
+        } else if c.better {
             cx.registry.set_current(&c.name, &version).await?;
             lines.push(format!("{} {version}: promoted: {}", c.name, c.reason));
         } else {
@@ -227,6 +265,33 @@ pub async fn train_outcomes(args: TrainArgs) -> anyhow::Result<Vec<String>> {
     Ok(lines)
 }
 
+/// The live gate of every verifier in shadow that `wanted` selects.
+async fn live_gates(
+    cx: &Context_,
+    wanted: impl Fn(&ModelName) -> bool,
+) -> anyhow::Result<Vec<(LiveDecision, String)>> {
+    let mut out = Vec::new();
+    for name in cx.registry.names().await? {
+        if name.kind != ModelKind::Verifier || !wanted(&name) {
+            continue;
+        }
+        if let Some(outcome) =
+            trainer::live_gate(&cx.registry, &cx.learning, &name, cx.ort.as_deref())
+                .await
+                .with_context(|| format!("live gate of {name}"))?
+        {
+            out.push(outcome);
+        }
+    }
+    Ok(out)
+}
+
+/// The schedule's live gate pass over the registry of `config`.
+pub async fn live_gate_outcomes(config: &Path) -> anyhow::Result<Vec<(LiveDecision, String)>> {
+    let cx = open(config).await?;
+    live_gates(&cx, |_| true).await
+}
+
 pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
     match command {
         ModelCommand::List { config } => {
@@ -234,9 +299,11 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
             for name in cx.registry.names().await? {
                 let versions = cx.registry.versions(&name).await?;
                 let current = cx.registry.current(&name).await?;
+                let shadow = cx.registry.shadow(&name).await?;
                 println!(
-                    "{name}\tcurrent {}\t{} version(s)",
+                    "{name}\tcurrent {}\tshadow {}\t{} version(s)",
                     current.as_ref().map_or("-", |p| p.version.as_str()),
+                    shadow.as_ref().map_or("-", |p| p.version.as_str()),
                     versions.len()
                 );
             }
@@ -267,6 +334,9 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
                         ),
                         None => println!("current - (none promoted)"),
                     }
+                    if let Some(s) = cx.registry.shadow(&name).await? {
+                        println!("shadow {} (since {})", s.version, s.since_utc);
+                    }
                     for v in versions {
                         let mark = if current.as_ref().is_some_and(|p| p.version == v) {
                             "*"
@@ -280,6 +350,30 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
                     let files = cx.registry.read_version(&name, &v).await?;
                     println!("model {name} version {v}");
                     println!("location {}", cx.registry.location(&name, &v));
+                    // The two halves of the shadow evaluation in words; the
+                    // numbers follow in metrics.json.
+                    let metrics: serde_json::Value =
+                        serde_json::from_str(&files.metrics_json).unwrap_or_default();
+                    let verdict = |v: &serde_json::Value| match v["better"].as_bool() {
+                        Some(true) => "better",
+                        Some(false) => "not better",
+                        None => "-",
+                    };
+                    let shadow = &metrics["shadow"];
+                    println!(
+                        "held-out gate: {}: {}",
+                        verdict(shadow),
+                        shadow["reason"].as_str().unwrap_or("not evaluated")
+                    );
+                    let live = &metrics["live"];
+                    match live["decision"].as_str() {
+                        Some(d) => println!(
+                            "live gate: {d} after {} s in shadow: {}",
+                            live["shadow_s"],
+                            live["report"]["reason"].as_str().unwrap_or("")
+                        ),
+                        None => println!("live gate: not decided"),
+                    }
                     println!("--- manifest.toml\n{}", files.manifest_toml.trim_end());
                     println!("--- metrics.json\n{}", files.metrics_json.trim_end());
                     println!(

@@ -64,6 +64,20 @@ async fn hours<A: Archive>(
     Ok(out)
 }
 
+/// One label per labelled detection of an hour: ops' over stillness.
+fn winning_labels(t: &HourTables) -> HashMap<&str, &LabelRow> {
+    let mut verdicts: HashMap<&str, &LabelRow> = HashMap::new();
+    for l in t.labels.values() {
+        let keep = verdicts
+            .get(l.detection_id.as_str())
+            .is_none_or(|have| have.source != LabelSource::Ops);
+        if keep {
+            verdicts.insert(&l.detection_id, l);
+        }
+    }
+    verdicts
+}
+
 fn in_range(t: i64, from_us: Option<i64>, to_us: Option<i64>) -> bool {
     from_us.is_none_or(|f| t >= f) && to_us.is_none_or(|e| t < e)
 }
@@ -79,15 +93,7 @@ pub async fn load_labelled<A: Archive>(
     let mut out = Vec::new();
     for hour in hours(archive, camera, from_us, to_us).await? {
         let t = load_hour_tables(archive, &hour.dir).await?;
-        let mut verdicts: HashMap<&str, &LabelRow> = HashMap::new();
-        for l in t.labels.values() {
-            let keep = verdicts
-                .get(l.detection_id.as_str())
-                .is_none_or(|have| have.source != LabelSource::Ops);
-            if keep {
-                verdicts.insert(&l.detection_id, l);
-            }
-        }
+        let verdicts = winning_labels(&t);
         for d in t.detections.values() {
             if !in_range(d.capture_us, from_us, to_us) {
                 continue;
@@ -104,6 +110,39 @@ pub async fn load_labelled<A: Archive>(
     out.sort_by(|a, b| {
         (a.features.capture_us, &a.features.detection_id)
             .cmp(&(b.features.capture_us, &b.features.detection_id))
+    });
+    Ok(out)
+}
+
+/// The live labels of the detections a shadow verifier (`name` `version`)
+/// scored: each row (both verdicts as recorded live) with its label, ops'
+/// winning over stillness. The live gate's input.
+pub async fn load_shadow_labelled<A: Archive>(
+    archive: &A,
+    camera: Option<&CameraId>,
+    from_us: Option<i64>,
+    name: &str,
+    version: &str,
+) -> Result<Vec<(DetectionRow, bool)>, DatasetError> {
+    let mut out = Vec::new();
+    for hour in hours(archive, camera, from_us, None).await? {
+        let t = load_hour_tables(archive, &hour.dir).await?;
+        let verdicts = winning_labels(&t);
+        for d in t.detections.values() {
+            let scored = d
+                .shadow
+                .as_ref()
+                .is_some_and(|s| s.name == name && s.version == version);
+            if !scored || !in_range(d.capture_us, from_us, None) {
+                continue;
+            }
+            if let Some(l) = verdicts.get(d.detection_id.as_str()) {
+                out.push((d.clone(), l.real));
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        (a.0.capture_us, &a.0.detection_id).cmp(&(b.0.capture_us, &b.0.detection_id))
     });
     Ok(out)
 }

@@ -62,6 +62,13 @@ pub struct OperatingPoint {
 
 impl OperatingPoint {
     pub fn measure(model: &str, threshold: f32, probabilities: &[f32], real: &[bool]) -> Self {
+        let kept: Vec<bool> = probabilities.iter().map(|p| *p >= threshold).collect();
+        Self::from_kept(model, threshold, &kept, real)
+    }
+
+    /// The one metric: what a model kept (`kept[i]`) of labelled detections
+    /// (`real[i]`). Held-out scoring and live shadow verdicts both end here.
+    pub fn from_kept(model: &str, threshold: f32, kept: &[bool], real: &[bool]) -> Self {
         let mut p = Self {
             model: model.into(),
             threshold,
@@ -72,8 +79,8 @@ impl OperatingPoint {
             precision: 0.0,
             recall: 0.0,
         };
-        for (prob, is_real) in probabilities.iter().zip(real) {
-            match (*prob >= threshold, *is_real) {
+        for (kept, is_real) in kept.iter().zip(real) {
+            match (*kept, *is_real) {
                 (true, true) => p.kept_real += 1,
                 (true, false) => p.kept_false += 1,
                 (false, true) => p.rejected_real += 1,
@@ -120,20 +127,31 @@ pub fn judge(
     baseline: OperatingPoint,
     real: &[bool],
 ) -> ShadowReport {
+    judge_on(rules, candidate, baseline, real, "held-out")
+}
+
+/// [`judge`] on labels from `sample` (`held-out` or `live`), for the words.
+pub fn judge_on(
+    rules: &GateRules,
+    candidate: OperatingPoint,
+    baseline: OperatingPoint,
+    real: &[bool],
+    sample: &str,
+) -> ShadowReport {
     let holdout_real = real.iter().filter(|r| **r).count();
     let labels = real.len();
     let (better, reason) = if labels < rules.min_labels {
         (
             false,
             format!(
-                "only {labels} held-out labels, at least {} are needed",
+                "only {labels} {sample} labels, at least {} are needed",
                 rules.min_labels
             ),
         )
     } else if holdout_real == 0 || holdout_real == labels {
         (
             false,
-            "the held-out labels need both real and false detections".into(),
+            format!("the {sample} labels need both real and false detections"),
         )
     } else if candidate.recall + rules.recall_tolerance < baseline.recall {
         (
@@ -155,7 +173,7 @@ pub fn judge(
         (
             true,
             format!(
-                "precision {:.3} vs {:.3} at recall {:.3} vs {:.3} on {labels} held-out labels",
+                "precision {:.3} vs {:.3} at recall {:.3} vs {:.3} on {labels} {sample} labels",
                 candidate.precision, baseline.precision, candidate.recall, baseline.recall
             ),
         )
@@ -168,6 +186,93 @@ pub fn judge(
         candidate,
         better,
         reason,
+    }
+}
+
+/// One live label of a detection the shadow scored: both verdicts as the
+/// inference processor recorded them, and the label (ops winning).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveLabel {
+    /// The shadow's verdict: kept (not rejected)?
+    pub shadow_kept: bool,
+    /// The verdict of the verifier then in force; `None`: there was none,
+    /// the detector alone kept it.
+    pub current_kept: Option<bool>,
+    pub real: bool,
+}
+
+/// What the live gate decided.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LiveDecision {
+    /// Better on enough live labels: becomes `current`.
+    Promote,
+    /// Not better on enough live labels, or too few within `shadow_max_s`.
+    Reject,
+    /// Fewer than `min_labels` live labels so far: keep shadowing.
+    Wait,
+}
+
+/// The live half of the shadow evaluation, kept in metrics.json under
+/// `live` and printed by `model show`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LiveReport {
+    pub decision: LiveDecision,
+    /// Seconds the candidate has been in shadow.
+    pub shadow_s: u64,
+    pub max_shadow_s: u64,
+    pub report: ShadowReport,
+}
+
+/// The live gate: the same rules and metric as the held-out gate, on the
+/// live labels of detections both models scored. Promotes when better on at
+/// least `rules.min_labels` live labels (with both classes); rejects when
+/// not better on that many, or when `shadow_s` exceeded `max_shadow_s`
+/// first; waits otherwise.
+pub fn judge_live(
+    rules: &GateRules,
+    candidate: &str,
+    candidate_threshold: f32,
+    baseline: &str,
+    labels: &[LiveLabel],
+    shadow_s: u64,
+    max_shadow_s: u64,
+) -> LiveReport {
+    let real: Vec<bool> = labels.iter().map(|l| l.real).collect();
+    let cand_kept: Vec<bool> = labels.iter().map(|l| l.shadow_kept).collect();
+    let base_kept: Vec<bool> = labels
+        .iter()
+        .map(|l| l.current_kept.unwrap_or(true))
+        .collect();
+    let report = judge_on(
+        rules,
+        OperatingPoint::from_kept(candidate, candidate_threshold, &cand_kept, &real),
+        OperatingPoint::from_kept(baseline, 0.0, &base_kept, &real),
+        &real,
+        "live",
+    );
+    // Enough to decide: the count, and both classes (stillness labels of a
+    // poster tend to arrive before ops say anything is real).
+    let enough = labels.len() >= rules.min_labels
+        && report.holdout_real > 0
+        && report.holdout_real < labels.len();
+    let decision = match (report.better, enough, shadow_s > max_shadow_s) {
+        (true, _, _) => LiveDecision::Promote,
+        (false, true, _) | (false, false, true) => LiveDecision::Reject,
+        (false, false, false) => LiveDecision::Wait,
+    };
+    let mut report = report;
+    if decision == LiveDecision::Reject && !enough {
+        report.reason = format!(
+            "{} after {shadow_s} s in shadow (the limit is {max_shadow_s} s)",
+            report.reason
+        );
+    }
+    LiveReport {
+        decision,
+        shadow_s,
+        max_shadow_s,
+        report,
     }
 }
 
@@ -265,6 +370,69 @@ mod tests {
             "{}",
             r.reason
         );
+    }
+
+    fn live(shadow_kept: bool, current_kept: Option<bool>, real: bool, n: usize) -> Vec<LiveLabel> {
+        vec![
+            LiveLabel {
+                shadow_kept,
+                current_kept,
+                real
+            };
+            n
+        ]
+    }
+
+    #[test]
+    fn live_gate_promotes_rejects_or_waits_by_the_held_out_rules() {
+        let rules = GateRules {
+            min_labels: 10,
+            recall_tolerance: 0.05,
+            min_precision_gain: 0.0,
+        };
+        // The shadow rejects the poster (false) and keeps the walker (real);
+        // the detector alone kept both.
+        let mut good = live(true, None, true, 6);
+        good.extend(live(false, None, false, 6));
+        let r = judge_live(&rules, "v 2", 0.4, "detector alone", &good, 30, 3600);
+        assert_eq!(r.decision, LiveDecision::Promote, "{}", r.report.reason);
+        assert_eq!(
+            (r.report.candidate.precision, r.report.baseline.precision),
+            (1.0, 0.5)
+        );
+        assert!(
+            r.report.reason.contains("12 live labels"),
+            "{}",
+            r.report.reason
+        );
+        // Too few live labels: wait, and reject once the shadow ran too long.
+        let few = &good[..4];
+        let r = judge_live(&rules, "v 2", 0.4, "detector alone", few, 30, 3600);
+        assert_eq!(r.decision, LiveDecision::Wait, "{}", r.report.reason);
+        let r = judge_live(&rules, "v 2", 0.4, "detector alone", few, 3601, 3600);
+        assert_eq!(r.decision, LiveDecision::Reject);
+        assert!(
+            r.report.reason.contains("3601 s in shadow"),
+            "{}",
+            r.report.reason
+        );
+        // A shadow that loses the walker, against a current verifier that
+        // kept it and already rejected the poster: rejected on enough labels.
+        let mut lossy = live(false, Some(true), true, 6);
+        lossy.extend(live(false, Some(false), false, 6));
+        let r = judge_live(&rules, "v 3", 0.4, "v 2", &lossy, 30, 3600);
+        assert_eq!(r.decision, LiveDecision::Reject);
+        assert!(r.report.reason.contains("recall"), "{}", r.report.reason);
+        // Labels of one class only (stillness on the poster): keep waiting.
+        let one_class = live(false, None, false, 20);
+        let r = judge_live(&rules, "v 2", 0.4, "detector alone", &one_class, 30, 3600);
+        assert_eq!(r.decision, LiveDecision::Wait, "{}", r.report.reason);
+        // Equal to the current one is not better.
+        let mut same = live(true, Some(true), true, 6);
+        same.extend(live(false, Some(false), false, 6));
+        let r = judge_live(&rules, "v 3", 0.4, "v 2", &same, 30, 3600);
+        assert_eq!(r.decision, LiveDecision::Reject);
+        assert!(r.report.reason.contains("precision"), "{}", r.report.reason);
     }
 
     #[test]

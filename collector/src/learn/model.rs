@@ -42,6 +42,11 @@ pub trait SceneModel: Send + Sync {
 pub trait ModelSource: Send + Sync {
     fn verifier(&self, camera: &str) -> Option<Arc<dyn Verifier>>;
     fn scene(&self, camera: &str) -> Option<Arc<dyn SceneModel>>;
+    /// The candidate verifier in shadow for the camera: it scores live
+    /// traffic beside [`Self::verifier`], its verdicts only recorded.
+    fn shadow_verifier(&self, _camera: &str) -> Option<Arc<dyn Verifier>> {
+        None
+    }
 }
 
 /// No learned models (learning off, or nothing trained yet).

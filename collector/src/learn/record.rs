@@ -39,6 +39,10 @@ pub struct FeatureObject {
     pub bbox: [f32; 4],
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verifier: Option<Verdict>,
+    /// The verdict of the candidate in shadow (docs/learning.md "Live
+    /// shadow"): recorded only, never flags the detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Verdict>,
     pub embedding: Vec<f32>,
 }
 

@@ -7,6 +7,7 @@
 //!                                /training-data.json  what it was trained on
 //!                                /manifest.toml       written LAST: a version is complete iff present
 //! <root>/_models/<name>/current                       {"version", "previous": [...], "changed_utc"}
+//! <root>/_models/<name>/shadow                        {"version", "since_us", "since_utc"}: in live shadow
 //! ```
 //!
 //! Names are `verifier@<site>@<camera>`, `verifier@<site>` (per-site scope)
@@ -14,10 +15,11 @@
 //! both filesystems and cannot occur in a camera id, so a name parses back
 //! without ambiguity (ids may contain `.`).
 //!
-//! Architecture Invariant: the `current` file is the only mutable thing.
-//! It is replaced whole by [`Archive::put`] (tmp -> durable -> rename), and
-//! it carries the history, so the pointer and the rollback stack change in
-//! one atomic step. Versions are immutable once their manifest exists.
+//! Architecture Invariant: the `current` and `shadow` files are the only
+//! mutable things. Each is replaced whole by [`Archive::put`] (tmp ->
+//! durable -> rename); `current` carries the history, so the pointer and
+//! the rollback stack change in one atomic step. Versions are immutable
+//! once their manifest exists.
 
 use super::manifest::ModelKind;
 use crate::archive::{Archive, ArchiveError};
@@ -126,6 +128,18 @@ pub struct CurrentPointer {
     /// Versions in force before, oldest first; `rollback` pops the last.
     pub previous: Vec<String>,
     pub changed_utc: String,
+}
+
+/// The content of `shadow`: the candidate scoring live traffic beside
+/// `current` until the live gate promotes or rejects it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowPointer {
+    pub version: String,
+    /// When it went into shadow, µs since the Unix epoch: live labels of
+    /// detections before it are not the shadow's.
+    pub since_us: i64,
+    pub since_utc: String,
 }
 
 /// The files of one version.
@@ -377,6 +391,49 @@ impl<A: Archive> Registry<A> {
         Ok(pointer)
     }
 
+    /// The candidate in shadow, if any.
+    pub async fn shadow(&self, name: &ModelName) -> Result<Option<ShadowPointer>, RegistryError> {
+        let path = format!("{}/shadow", Self::dir(name));
+        let Some(bytes) = self.archive.get(&path).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| RegistryError::Corrupt {
+                path: self.archive.location(&path),
+                message: e.to_string(),
+            })
+    }
+
+    /// Puts a complete version in shadow (replacing any other), atomically
+    /// like `current` (Archive::put).
+    pub async fn set_shadow(
+        &self,
+        name: &ModelName,
+        version: &str,
+    ) -> Result<ShadowPointer, RegistryError> {
+        self.read_text(name, version, "manifest.toml").await?;
+        let now = now_utc();
+        let pointer = ShadowPointer {
+            version: version.into(),
+            since_us: now.timestamp_micros(),
+            since_utc: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        let json = serde_json::to_vec_pretty(&pointer).expect("a pointer serialises");
+        self.archive
+            .put(&format!("{}/shadow", Self::dir(name)), Bytes::from(json))
+            .await?;
+        Ok(pointer)
+    }
+
+    /// Ends the shadow (after the live gate decided); `false` if none.
+    pub async fn clear_shadow(&self, name: &ModelName) -> Result<bool, RegistryError> {
+        Ok(self
+            .archive
+            .delete(&format!("{}/shadow", Self::dir(name)))
+            .await?)
+    }
+
     /// Restores the version in force before the current one.
     pub async fn rollback(&self, name: &ModelName) -> Result<CurrentPointer, RegistryError> {
         let mut p = self
@@ -469,6 +526,18 @@ mod tests {
             Err(RegistryError::NoPrevious { .. })
         ));
         assert_eq!(reg.names().await.unwrap(), std::slice::from_ref(&name));
+        // The shadow pointer: one complete version, replaced whole, removed.
+        assert!(reg.shadow(&name).await.unwrap().is_none());
+        assert!(matches!(
+            reg.set_shadow(&name, "99990101T000000Z-dead").await,
+            Err(RegistryError::NoVersion { .. })
+        ));
+        reg.set_shadow(&name, &v2).await.unwrap();
+        assert_eq!(reg.shadow(&name).await.unwrap().unwrap().version, v2);
+        assert_eq!(reg.current(&name).await.unwrap().unwrap().version, v1);
+        assert!(reg.clear_shadow(&name).await.unwrap());
+        assert!(reg.shadow(&name).await.unwrap().is_none());
+        assert!(!reg.clear_shadow(&name).await.unwrap());
         assert_eq!(
             reg.read_version(&name, &v1).await.unwrap().onnx,
             Bytes::from("onnx 1")

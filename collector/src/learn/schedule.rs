@@ -95,10 +95,29 @@ pub async fn run(
         Instant::now(),
     );
     let trainings = metrics::counter!("camfleet_collector_learning_trainings_total");
+    let shadow_check = Duration::from_secs(learning.shadow_check_s);
+    let mut last_shadow_check = Instant::now();
     loop {
         tokio::select! {
-            () = tokio::time::sleep(check) => {}
+            () = tokio::time::sleep(check.min(shadow_check)) => {}
             _ = shutdown.changed() => return,
+        }
+        // The live gate of candidates in shadow (docs/learning.md "Live
+        // shadow"); decisions are logged like trainings.
+        if last_shadow_check.elapsed() >= shadow_check {
+            last_shadow_check = Instant::now();
+            match super::cli::live_gate_outcomes(&config).await {
+                Ok(outcomes) => {
+                    for (decision, line) in outcomes {
+                        if decision == super::evaluate::LiveDecision::Wait {
+                            tracing::debug!(outcome = %line, "live gate");
+                        } else {
+                            tracing::info!(outcome = %line, "live gate");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "live gate"),
+            }
         }
         for camera in schedule.due(counts.take(), Instant::now()) {
             trainings.increment(1);

@@ -25,6 +25,8 @@ pub const SWAPS: &str = "camfleet_collector_model_swaps_total";
 #[derive(Default)]
 struct InForce {
     verifiers: BTreeMap<String, Arc<dyn Verifier>>,
+    /// Candidates in shadow, by model name (docs/learning.md "Live shadow").
+    shadows: BTreeMap<String, Arc<dyn Verifier>>,
     scenes: BTreeMap<String, Arc<dyn SceneModel>>,
 }
 
@@ -64,6 +66,15 @@ impl RegistryModelSource {
             .collect()
     }
 
+    /// Model name -> version in shadow.
+    pub fn versions_in_shadow(&self) -> BTreeMap<String, String> {
+        let f = self.in_force.read().unwrap_or_else(|e| e.into_inner());
+        f.shadows
+            .iter()
+            .map(|(n, v)| (n.clone(), v.version().to_string()))
+            .collect()
+    }
+
     /// One pass over the registry: load every pointer that moved. Errors
     /// reading the registry itself are returned (the caller logs and tries
     /// again next period); a bad model version is refused and counted.
@@ -72,6 +83,9 @@ impl RegistryModelSource {
         registry: &Registry<A>,
     ) -> Result<(), super::registry::RegistryError> {
         for name in registry.names().await? {
+            if name.kind == ModelKind::Verifier {
+                self.poll_shadow(registry, &name).await?;
+            }
             let key = name.to_string();
             let Some(pointer) = registry.current(&name).await? else {
                 continue;
@@ -90,7 +104,10 @@ impl RegistryModelSource {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(key.clone(), pointer.version.clone());
             let result = match registry.read_version(&name, &pointer.version).await {
-                Ok(files) => self.load_and_swap(&name, &pointer.version, files).await,
+                Ok(files) => {
+                    self.load_and_swap(&name, &pointer.version, files, false)
+                        .await
+                }
                 Err(e) => Err(e.to_string()),
             };
             if let Err(message) = result {
@@ -106,11 +123,70 @@ impl RegistryModelSource {
         Ok(())
     }
 
+    /// The shadow pointer of one verifier name: load a new shadow as
+    /// `current` is loaded (refused and logged on failure, `current`
+    /// untouched), drop it when the pointer is gone.
+    async fn poll_shadow<A: Archive>(
+        &self,
+        registry: &Registry<A>,
+        name: &ModelName,
+    ) -> Result<(), super::registry::RegistryError> {
+        let key = name.to_string();
+        let seen_key = format!("shadow:{key}");
+        let pointer = registry.shadow(name).await?;
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&seen_key)
+            .cloned();
+        match pointer {
+            None => {
+                if seen.is_some() {
+                    self.seen
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&seen_key);
+                    let was = self
+                        .in_force
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .shadows
+                        .remove(&key);
+                    if let Some(was) = was {
+                        tracing::info!(model = %key, version = was.version(), "shadow ended");
+                    }
+                }
+            }
+            Some(p) if seen.as_deref() == Some(p.version.as_str()) => {}
+            Some(p) => {
+                self.seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(seen_key, p.version.clone());
+                let result = match registry.read_version(name, &p.version).await {
+                    Ok(files) => self.load_and_swap(name, &p.version, files, true).await,
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(message) = result {
+                    metrics::counter!(LOAD_FAILURES, "model" => key.clone()).increment(1);
+                    tracing::warn!(
+                        model = %key,
+                        version = %p.version,
+                        "shadow model refused, current scoring unaffected: {message}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn load_and_swap(
         &self,
         name: &ModelName,
         version: &str,
         files: super::registry::VersionFiles,
+        shadow: bool,
     ) -> Result<(), String> {
         let (key, v, dylib) = (
             name.to_string(),
@@ -144,6 +220,9 @@ impl RegistryModelSource {
         {
             let mut f = self.in_force.write().unwrap_or_else(|e| e.into_inner());
             match loaded {
+                Loaded::Verifier(m) if shadow => {
+                    f.shadows.insert(key.clone(), m);
+                }
                 Loaded::Verifier(m) => {
                     f.verifiers.insert(key.clone(), m);
                 }
@@ -151,6 +230,10 @@ impl RegistryModelSource {
                     f.scenes.insert(key.clone(), m);
                 }
             }
+        }
+        if shadow {
+            tracing::info!(model = %key, version, "model in shadow");
+            return Ok(());
         }
         metrics::counter!(SWAPS, "model" => key.clone(), "version" => version.to_string())
             .increment(1);
@@ -200,6 +283,16 @@ impl ModelSource for RegistryModelSource {
         let (site, cam) = camera.split_once('/')?;
         let f = self.in_force.read().unwrap_or_else(|e| e.into_inner());
         f.scenes.get(&format!("scene@{site}@{cam}")).cloned()
+    }
+
+    /// Same precedence as [`Self::verifier`]: the camera's, else its site's.
+    fn shadow_verifier(&self, camera: &str) -> Option<Arc<dyn Verifier>> {
+        let (site, cam) = camera.split_once('/')?;
+        let f = self.in_force.read().unwrap_or_else(|e| e.into_inner());
+        f.shadows
+            .get(&format!("verifier@{site}@{cam}"))
+            .or_else(|| f.shadows.get(&format!("verifier@{site}")))
+            .cloned()
     }
 }
 

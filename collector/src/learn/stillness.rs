@@ -237,6 +237,7 @@ mod tests {
                 model_name: "m".into(),
                 model_version: "1".into(),
                 verifier: None,
+                shadow: None,
                 backbone: "b".into(),
                 embedding: vec![],
             })

@@ -86,6 +86,7 @@ impl TableWriter {
                 model_name: r.model.name.clone(),
                 model_version: r.model.version.clone(),
                 verifier: o.verifier.clone(),
+                shadow: o.shadow.clone(),
                 backbone: r.backbone.name.clone(),
                 embedding: o.embedding.clone(),
             };
@@ -381,6 +382,7 @@ mod tests {
                 score: 0.5,
                 bbox,
                 verifier: None,
+                shadow: None,
                 embedding: vec![seq as f32; 3],
             }],
             frame_embedding: seq.is_multiple_of(2).then(|| vec![1.0, 2.0]),

@@ -59,6 +59,8 @@ pub struct DetectionRow {
     pub verifier: Option<super::record::Verdict>,
     pub backbone: String,
     pub embedding: Vec<f32>,
+    /// The candidate in shadow's verdict, if one was scoring live.
+    pub shadow: Option<super::record::Verdict>,
 }
 
 /// One label of one detection.
@@ -177,6 +179,11 @@ pub fn detections_schema() -> SchemaRef {
         Field::new("verifier_rejected", DataType::Boolean, true),
         Field::new("backbone", DataType::Utf8, false),
         embedding_field(),
+        // Appended (columns are only ever appended): the live shadow.
+        Field::new("shadow_name", DataType::Utf8, true),
+        Field::new("shadow_version", DataType::Utf8, true),
+        Field::new("shadow_probability", DataType::Float32, true),
+        Field::new("shadow_rejected", DataType::Boolean, true),
     ]))
 }
 
@@ -278,6 +285,19 @@ pub fn encode_detections(rows: &BTreeMap<String, DetectionRow>) -> Vec<u8> {
         )),
         strings(r.iter().map(|x| x.backbone.as_str())),
         embeddings(r.iter().map(|x| x.embedding.as_slice())),
+        Arc::new(StringArray::from_iter(
+            r.iter().map(|x| x.shadow.as_ref().map(|v| v.name.as_str())),
+        )),
+        Arc::new(StringArray::from_iter(
+            r.iter()
+                .map(|x| x.shadow.as_ref().map(|v| v.version.as_str())),
+        )),
+        Arc::new(Float32Array::from_iter(
+            r.iter().map(|x| x.shadow.as_ref().map(|v| v.probability)),
+        )),
+        Arc::new(BooleanArray::from_iter(
+            r.iter().map(|x| x.shadow.as_ref().map(|v| v.rejected)),
+        )),
     ];
     write_table(detections_schema(), columns, "detections")
 }
@@ -408,6 +428,16 @@ pub fn decode_detections(path: &str, bytes: Bytes) -> Result<Vec<DetectionRow>, 
         let vp = c.f32s("verifier_probability")?;
         let vr = c.get::<BooleanArray>("verifier_rejected")?;
         let backbone = c.strings("backbone")?;
+        // Files written before the shadow columns existed have none.
+        let shadow = match c.batch.column_by_name("shadow_name") {
+            Some(_) => Some((
+                c.strings("shadow_name")?,
+                c.strings("shadow_version")?,
+                c.f32s("shadow_probability")?,
+                c.get::<BooleanArray>("shadow_rejected")?,
+            )),
+            None => None,
+        };
         for i in 0..batch.num_rows() {
             out.push(DetectionRow {
                 detection_id: id.value(i).into(),
@@ -429,6 +459,14 @@ pub fn decode_detections(path: &str, bytes: Bytes) -> Result<Vec<DetectionRow>, 
                 }),
                 backbone: backbone.value(i).into(),
                 embedding: c.embedding(i)?,
+                shadow: shadow.and_then(|(n, v, p, r)| {
+                    (!n.is_null(i)).then(|| super::record::Verdict {
+                        name: n.value(i).into(),
+                        version: v.value(i).into(),
+                        probability: p.value(i),
+                        rejected: r.value(i),
+                    })
+                }),
             });
         }
     }
@@ -509,6 +547,12 @@ mod tests {
             }),
             backbone: "ssdlite-backbone".into(),
             embedding: vec![1.0, 2.5, -3.0],
+            shadow: verdict.then(|| super::super::record::Verdict {
+                name: "v".into(),
+                version: "3".into(),
+                probability: 0.75,
+                rejected: false,
+            }),
         }
     }
 

@@ -260,53 +260,106 @@ impl GaussianScene {
         sum.max(0.0).sqrt() as f32
     }
 
+    /// [`Self::distance`] of many frames as matrix products (training).
+    pub fn distances(&self, frames: &[Vec<f32>]) -> Vec<f32> {
+        let d = self.mean.len();
+        let c = Array2::from_shape_fn((frames.len(), d), |(r, j)| {
+            frames[r][j] as f64 - self.mean[j] as f64
+        });
+        let p = Array2::from_shape_fn((d, d), |(i, j)| self.precision[i * d + j] as f64);
+        let projected = c.dot(&p);
+        (&projected * &c)
+            .sum_axis(ndarray::Axis(1))
+            .iter()
+            .map(|v| v.max(0.0).sqrt() as f32)
+            .collect()
+    }
+
     pub fn to_onnx(&self) -> Vec<u8> {
         super::onnx::scene_model(&self.mean, &self.precision)
     }
 }
 
+/// Mean and inverse shrunk covariance of `embeddings` (at least 2).
+///
+/// With `C` the centred frames (n x D), the shrunk covariance is
+/// `S' = a·I + b·CᵀC` (`b = (1-λ)/(n-1)`, `a = λ·tr(S)/D + ε`). When there
+/// are fewer frames than dimensions (the usual case: tens of frames,
+/// 1280-d), Woodbury inverts it through an n x n matrix,
+/// `S'^-1 = I/a - (b/a²)·Cᵀ(I + (b/a)·CCᵀ)^-1·C`, instead of a D x D
+/// Cholesky: the same matrix, a fraction of the work.
+fn fit_gaussian(
+    embeddings: &[Vec<f32>],
+    d: usize,
+    shrinkage: f64,
+) -> Result<GaussianScene, TrainError> {
+    let rows = embeddings.len();
+    let n = rows as f64;
+    let x = Array2::from_shape_fn((rows, d), |(r, c)| embeddings[r][c] as f64);
+    let mean = x.mean_axis(ndarray::Axis(0)).expect("at least 2 rows");
+    let centred = &x - &mean;
+    let mean_variance = centred.iter().map(|v| v * v).sum::<f64>() / (n - 1.0) / d as f64;
+    let lambda = shrinkage.clamp(0.0, 1.0);
+    // ε keeps a degenerate set (all frames identical) invertible.
+    let floor = 1e-6 * mean_variance.max(1e-6);
+    let a = lambda * mean_variance + floor;
+    let b = (1.0 - lambda) / (n - 1.0);
+    let precision = if rows < d {
+        let mut inner = centred.dot(&centred.t()) * (b / a);
+        for i in 0..rows {
+            inner[(i, i)] += 1.0;
+        }
+        let inner_inv = inner
+            .invc()
+            .map_err(|e| TrainError::Covariance(e.to_string()))?;
+        let mut p = centred.t().dot(&inner_inv.dot(&centred)) * (-b / (a * a));
+        for i in 0..d {
+            p[(i, i)] += 1.0 / a;
+        }
+        p
+    } else {
+        let mut shrunk = centred.t().dot(&centred) * b;
+        for i in 0..d {
+            shrunk[(i, i)] += a;
+        }
+        shrunk
+            .invc()
+            .map_err(|e| TrainError::Covariance(e.to_string()))?
+    };
+    Ok(GaussianScene {
+        mean: mean.iter().map(|v| *v as f32).collect(),
+        precision: precision.iter().map(|v| *v as f32).collect(),
+        threshold: 0.0,
+    })
+}
+
 /// Fits the scene model on whole-frame embeddings of normal operation.
+///
+/// The threshold comes from out-of-fold distances (two folds, alternate
+/// frames): with fewer frames than dimensions, a frame's distance to a
+/// Gaussian fitted on it is far smaller than a new normal frame's, so an
+/// in-sample quantile would alarm on every new frame (measured on the
+/// learning clip: every held-out frame). Each fold's model has half the
+/// frames, so its distances are, if anything, larger than the final
+/// model's: the threshold errs towards fewer false alarms.
 pub fn train_scene(
     embeddings: &[Vec<f32>],
     params: &SceneTraining,
 ) -> Result<GaussianScene, TrainError> {
     let d = check_rows(embeddings)?;
-    if embeddings.len() < 2 {
-        return Err(TrainError::NoData("at least 2 frames are needed".into()));
+    if embeddings.len() < 4 {
+        return Err(TrainError::NoData("at least 4 frames are needed".into()));
     }
-    let n = embeddings.len() as f64;
-    let mut mean = vec![0f64; d];
-    for e in embeddings {
-        for (m, v) in mean.iter_mut().zip(e) {
-            *m += *v as f64 / n;
-        }
+    let (even, odd): (Vec<_>, Vec<_>) =
+        embeddings.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let even: Vec<Vec<f32>> = even.into_iter().map(|(_, e)| e.clone()).collect();
+    let odd: Vec<Vec<f32>> = odd.into_iter().map(|(_, e)| e.clone()).collect();
+    let mut distances = Vec::with_capacity(embeddings.len());
+    for (fit, score) in [(&even, &odd), (&odd, &even)] {
+        let fold = fit_gaussian(fit, d, params.shrinkage)?;
+        distances.extend(fold.distances(score));
     }
-    let mut cov = Array2::<f64>::zeros((d, d));
-    for e in embeddings {
-        let c: Vec<f64> = e.iter().zip(&mean).map(|(v, m)| *v as f64 - m).collect();
-        for i in 0..d {
-            for j in 0..d {
-                cov[(i, j)] += c[i] * c[j] / (n - 1.0);
-            }
-        }
-    }
-    let mean_variance = (0..d).map(|i| cov[(i, i)]).sum::<f64>() / d as f64;
-    let lambda = params.shrinkage.clamp(0.0, 1.0);
-    // ε keeps a degenerate set (all frames identical) invertible.
-    let floor = 1e-6 * mean_variance.max(1e-6);
-    let mut shrunk = cov.mapv(|v| (1.0 - lambda) * v);
-    for i in 0..d {
-        shrunk[(i, i)] += lambda * mean_variance + floor;
-    }
-    let precision = shrunk
-        .invc()
-        .map_err(|e| TrainError::Covariance(e.to_string()))?;
-    let mut model = GaussianScene {
-        mean: mean.iter().map(|v| *v as f32).collect(),
-        precision: precision.iter().map(|v| *v as f32).collect(),
-        threshold: 0.0,
-    };
-    let mut distances: Vec<f32> = embeddings.iter().map(|e| model.distance(e)).collect();
+    let mut model = fit_gaussian(embeddings, d, params.shrinkage)?;
     distances.sort_by(f32::total_cmp);
     let q = params.threshold_quantile.clamp(0.0, 1.0);
     let at = ((q * (distances.len() - 1) as f64).ceil() as usize).min(distances.len() - 1);
@@ -362,6 +415,57 @@ mod tests {
             train_verifier(&ragged, &[true, false], &VerifierTraining::default()),
             Err(TrainError::RaggedRows { index: 1, .. })
         ));
+    }
+
+    #[test]
+    fn scene_threshold_holds_for_new_normal_frames_with_fewer_frames_than_dimensions() {
+        // 40 frames of a 200-d embedding (the clip: ~45 frames, 1280-d): an
+        // in-sample threshold alarmed on every new normal frame.
+        let mut rng = Lcg::new(11);
+        let mut frame = || -> Vec<f32> { (0..200).map(|_| rng.uniform()).collect() };
+        let training: Vec<Vec<f32>> = (0..40).map(|_| frame()).collect();
+        let fresh: Vec<Vec<f32>> = (0..40).map(|_| frame()).collect();
+        let m = train_scene(&training, &SceneTraining::default()).unwrap();
+        let alarms = fresh
+            .iter()
+            .filter(|f| m.distance(f) >= m.threshold)
+            .count();
+        assert_eq!(alarms, 0, "new normal frames stay below the threshold");
+        for (one, batch) in fresh.iter().zip(m.distances(&fresh)) {
+            assert!((m.distance(one) - batch).abs() <= 1e-4 * batch.max(1.0));
+        }
+        let covered = vec![3.0f32; 200];
+        assert!(m.distance(&covered) > 2.0 * m.threshold);
+    }
+
+    #[test]
+    fn woodbury_precision_is_the_inverse_of_the_shrunk_covariance() {
+        // 5 frames of 12-d: the n x n path; P·S' must be the identity.
+        let mut rng = Lcg::new(5);
+        let frames: Vec<Vec<f32>> = (0..5)
+            .map(|_| (0..12).map(|_| rng.uniform()).collect())
+            .collect();
+        let m = fit_gaussian(&frames, 12, 0.1).unwrap();
+        let x = Array2::from_shape_fn((5, 12), |(r, c)| frames[r][c] as f64);
+        let centred = &x - &x.mean_axis(ndarray::Axis(0)).unwrap();
+        let cov = centred.t().dot(&centred) / 4.0;
+        let mean_variance = (0..12).map(|i| cov[(i, i)]).sum::<f64>() / 12.0;
+        let mut shrunk = cov * 0.9;
+        for i in 0..12 {
+            shrunk[(i, i)] += 0.1 * mean_variance + 1e-6 * mean_variance;
+        }
+        let p = Array2::from_shape_fn((12, 12), |(i, j)| m.precision[i * 12 + j] as f64);
+        let eye = p.dot(&shrunk);
+        for i in 0..12 {
+            for j in 0..12 {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!(
+                    (eye[(i, j)] - want).abs() < 1e-4,
+                    "({i},{j}) {}",
+                    eye[(i, j)]
+                );
+            }
+        }
     }
 
     #[test]

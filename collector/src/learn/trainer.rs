@@ -4,7 +4,7 @@
 //! evaluation against the model in force -> registry version -> `current`
 //! only if the candidate is better (docs/learning.md).
 
-use super::evaluate::{self, GateRules, OperatingPoint, ShadowReport};
+use super::evaluate::{self, GateRules, LiveDecision, LiveLabel, OperatingPoint, ShadowReport};
 use super::features::{verifier_input, LabelSource, LabelledDetection, FEATURE_LAYOUT_VERSION};
 use super::manifest::{ModelKind, ModelManifest};
 use super::onnx;
@@ -26,6 +26,8 @@ pub enum LearnError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Dataset(#[from] super::dataset::DatasetError),
     #[error("{0}")]
     Model(#[from] super::model::ModelError),
     #[error("{name} {version} is not better than the model in force: {reason} (add --force to promote anyway)")]
@@ -427,4 +429,127 @@ pub async fn promote<A: Archive>(
         });
     }
     Ok(registry.set_current(name, version).await?)
+}
+
+/// The live gate of `name`'s candidate in shadow, if it has one
+/// (docs/learning.md "Live shadow"): its live labels against the verdicts of
+/// the verifier in force on the same detections, by the held-out gate's
+/// rules and metric with `shadow_min_labels`. On a decision the report goes
+/// to the candidate's metrics.json under `live`, then a win moves `current`
+/// (after the same load check as `model promote`) and the shadow ends.
+///
+/// Crash safety: each step is one atomic file replace, and the gate is
+/// re-run from the tables on the next check: a crash after `current` moved
+/// but before the shadow ended finds shadow == current and just ends it; a
+/// crash before `current` moved decides again.
+pub async fn live_gate<A: Archive>(
+    registry: &Registry<A>,
+    cfg: &LearningConfig,
+    name: &ModelName,
+    ort: Option<&Path>,
+) -> Result<Option<(LiveDecision, String)>, LearnError> {
+    let Some(shadow) = registry.shadow(name).await? else {
+        return Ok(None);
+    };
+    let version = shadow.version.as_str();
+    let current = registry.current(name).await?;
+    if current.as_ref().is_some_and(|c| c.version == version) {
+        registry.clear_shadow(name).await?;
+        return Ok(Some((
+            LiveDecision::Promote,
+            format!("{name} {version}: shadow ended, it is current"),
+        )));
+    }
+    let files = registry.read_version(name, version).await?;
+    let threshold = ModelManifest::from_toml(&files.manifest_toml)
+        .map(|m| m.threshold)
+        .unwrap_or(f32::NAN);
+    let camera = match &name.camera {
+        Some(c) => Some(
+            camfleet_shared::CameraId::new(&format!("{}/{c}", name.site)).map_err(|e| {
+                RegistryError::BadName {
+                    name: name.to_string(),
+                    reason: e.to_string(),
+                }
+            })?,
+        ),
+        None => None,
+    };
+    let rows = super::dataset::load_shadow_labelled(
+        registry.archive(),
+        camera.as_ref(),
+        Some(shadow.since_us),
+        &name.to_string(),
+        version,
+    )
+    .await?;
+    let labels: Vec<LiveLabel> = rows
+        .iter()
+        .filter(|(d, _)| covers(name, &d.camera))
+        .map(|(d, real)| LiveLabel {
+            shadow_kept: d.shadow.as_ref().is_some_and(|s| !s.rejected),
+            current_kept: d.verifier.as_ref().map(|v| !v.rejected),
+            real: *real,
+        })
+        .collect();
+    let baseline = match &current {
+        Some(c) => format!("{name} {} (live verdicts)", c.version),
+        None => "detector alone".to_string(),
+    };
+    let shadow_s =
+        ((chrono::Utc::now().timestamp_micros() - shadow.since_us).max(0) / 1_000_000) as u64;
+    let rules = GateRules {
+        min_labels: cfg.shadow_min_labels,
+        ..gate_rules(cfg)
+    };
+    let live = evaluate::judge_live(
+        &rules,
+        &format!("{name} {version}"),
+        threshold,
+        &baseline,
+        &labels,
+        shadow_s,
+        cfg.shadow_max_s,
+    );
+    let reason = live.report.reason.clone();
+    if live.decision == LiveDecision::Wait {
+        return Ok(Some((
+            LiveDecision::Wait,
+            format!("{name} {version}: in shadow: {reason}"),
+        )));
+    }
+    let mut metrics: serde_json::Value =
+        serde_json::from_str(&files.metrics_json).unwrap_or_else(|_| json!({}));
+    if !metrics.is_object() {
+        metrics = json!({});
+    }
+    metrics["live"] = serde_json::to_value(&live).expect("json");
+    registry
+        .put_metrics(
+            name,
+            version,
+            &serde_json::to_string_pretty(&metrics).expect("json"),
+        )
+        .await?;
+    let (decision, line) = if live.decision == LiveDecision::Reject {
+        (
+            LiveDecision::Reject,
+            format!("{name} {version}: rejected in shadow: {reason}"),
+        )
+    } else if let Err(e) = check_loads(name, version, &files, ort) {
+        (
+            LiveDecision::Reject,
+            format!(
+                "{name} {version}: rejected in shadow: it won ({reason}) but does not load: {e}"
+            ),
+        )
+    } else {
+        registry.set_current(name, version).await?;
+        (
+            LiveDecision::Promote,
+            format!("{name} {version}: promoted: live shadow: {reason}"),
+        )
+    };
+    registry.clear_shadow(name).await?;
+    Ok(Some((decision, line)))
 }
