@@ -245,9 +245,13 @@ detections_topic = ""
         if let Some(e) = v.get("error") {
             bail!("page driver ({name}): {e}");
         }
-        // Stalls hls.js reported (each raised its target latency).
+        // Stalls hls.js reported (each raised its target latency) and the
+        // page's jumps back to the live-sync position.
         let path = match v["after"]["stalls"].as_u64() {
-            Some(n) if v["after"]["path"] == "hls.js" => format!("hls.js, {n} stalls"),
+            Some(n) if v["after"]["path"] == "hls.js" => format!(
+                "hls.js, {n} stalls, {} jumps",
+                v["after"]["jumps"].as_u64().unwrap_or(0)
+            ),
             _ => v["after"]["path"].as_str().unwrap_or("?").to_string(),
         };
         let points: Vec<(u64, u64)> = v["samples"]

@@ -78,6 +78,7 @@ function sample(cam) {
     errors: window.camfleet.errors,
     lowLatencyMode: p.hls ? p.hls.config.lowLatencyMode : null,
     stalls: p.stalls,
+    jumps: p.jumps,
     targetLatency: p.hls ? p.hls.targetLatency : null,
     hlsjsLatencyMs: p.hls && p.hls.playingDate ? Date.now() - p.hls.playingDate.getTime() : null,
   };
