@@ -167,6 +167,12 @@ async fn load(
 }
 
 struct Drain {
+    /// First record consumed until every record was consumed (from the
+    /// collector's `camfleet_collector_records_consumed_total`).
+    consume_s: f64,
+    /// Pauses of >= 300 ms in consumption before the last record, and the longest.
+    stalls: u32,
+    longest_stall_s: f64,
     wall_s: f64,
     cpu_s: f64,
     peak_rss_mb: f64,
@@ -185,6 +191,10 @@ fn drain(
     expected_frames: u64,
 ) -> anyhow::Result<Drain> {
     let config = work.join(format!("collector-{}.toml", topic.replace('.', "-")));
+    let http = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.to_string()
+    };
     std::fs::write(
         &config,
         format!(
@@ -200,7 +210,7 @@ idle_flush_ms = 2000
 max_age_s = 2592000
 interval_s = 60
 [http]
-listen = ""
+listen = "{http}"
 "#,
             bootstrap = kafka.bootstrap
         ),
@@ -224,10 +234,31 @@ listen = ""
     // from the collector's log-free signal, the index, every 2 s.
     let deadline = t0 + Duration::from_secs(1800);
     let mut last_check = Instant::now();
+    // Consumption progress: (time of the first record, of the last change,
+    // count then); pauses while records were still to come.
+    let (mut first, mut last_change, mut consumed) = (None::<Instant>, Instant::now(), 0u64);
+    let (mut stalls, mut longest, mut consume_s) = (0u32, 0f64, None::<f64>);
     let wall = loop {
         std::thread::sleep(Duration::from_millis(200));
         peak = peak.max(proc_rss_mb(pid).unwrap_or(0.0));
         cpu = proc_cpu_s(pid).unwrap_or(cpu);
+        if consume_s.is_none() {
+            let now = Instant::now();
+            let n = records_consumed(&http).unwrap_or(consumed);
+            if n > consumed {
+                let t0 = *first.get_or_insert(now);
+                let pause = now.duration_since(last_change).as_secs_f64();
+                if consumed > 0 && pause >= 0.3 + 0.2 {
+                    // No change across more than one sample: >= 300 ms.
+                    stalls += 1;
+                    longest = longest.max(pause - 0.2);
+                }
+                (consumed, last_change) = (n, now);
+                if n >= expected_frames {
+                    consume_s = Some(now.duration_since(t0).as_secs_f64());
+                }
+            }
+        }
         if let Some(status) = child.try_wait()? {
             bail!("collector exited early with {status}");
         }
@@ -249,6 +280,9 @@ listen = ""
     child.wait()?;
     let (frames, bytes) = index_frames(collector, &config)?;
     Ok(Drain {
+        consume_s: consume_s.unwrap_or(f64::NAN),
+        stalls,
+        longest_stall_s: longest,
         wall_s: wall,
         cpu_s: cpu,
         peak_rss_mb: peak,
@@ -256,6 +290,24 @@ listen = ""
         frames,
         bytes,
     })
+}
+
+/// The collector's `camfleet_collector_records_consumed_total` from its
+/// /metrics (plain HTTP/1.0 on loopback); `None` until it answers.
+fn records_consumed(addr: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("camfleet_collector_records_consumed_total "))?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|v| v as u64)
 }
 
 /// Frames per camera and total bytes, from `archive ls --json` (the index).
@@ -317,8 +369,9 @@ pub async fn run(
             args.partitions
         ),
         &[
-            "target", "cameras", "MB", "drain s", "MB/s", "CPU s", "cameras/core", "peak RSS MB",
-            "RSS/camera MB", "broker CPU s", "frames exact",
+            "target", "cameras", "MB", "drain s", "MB/s", "consume s", "consume MB/s", "stalls",
+            "CPU s", "cameras/core", "peak RSS MB", "RSS/camera MB", "broker CPU s",
+            "frames exact",
         ],
     );
     let mut hdfs_written: Option<(f64, u64, String)> = None;
@@ -356,6 +409,9 @@ pub async fn run(
                 f(d.bytes as f64 / 1e6, 0),
                 f(d.wall_s, 1),
                 f(d.bytes as f64 / 1e6 / d.wall_s, 0),
+                f(d.consume_s, 1),
+                f(d.bytes as f64 / 1e6 / d.consume_s, 0),
+                format!("{} (max {:.1} s)", d.stalls, d.longest_stall_s),
                 f(d.cpu_s, 1),
                 f(video_s / d.cpu_s.max(1e-9), 0),
                 f(d.peak_rss_mb, 0),
@@ -377,6 +433,7 @@ pub async fn run(
         }
     }
     table.note("cameras/core: camera-seconds of video archived per CPU-second of the collector (user + sys), i.e. real-time cameras one core keeps up with");
+    table.note("consume s: first record read until the last (the collector's records-consumed counter, sampled every 200 ms); consume MB/s = archived MB over that; stalls: pauses of >= 300 ms in reading before the last record");
     table.note("drain s: collector start until the index lists every frame (includes joining the group and the final snapshot of each open segment after idle_flush_ms = 2 s)");
     table.emit(results)?;
 

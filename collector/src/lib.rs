@@ -16,4 +16,5 @@ pub mod live;
 pub mod playback;
 pub mod segmenter;
 pub mod service;
+pub mod spill;
 pub mod stats;

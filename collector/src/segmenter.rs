@@ -22,13 +22,44 @@
 use camfleet_shared::wire::FrameMeta;
 use camfleet_shared::CameraId;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Where a frame's bytes are while its segment waits to be written.
+///
+/// The collector moves them out of memory into a spill file (`crate::spill`)
+/// as they arrive, so memory holds only the frames' metadata: open segments
+/// of hundreds of cameras would otherwise hold ~1 MB each (4 s at 2 Mbit/s).
+#[derive(Clone, Debug)]
+pub enum FrameData {
+    Memory(bytes::Bytes),
+    /// `len` bytes at `offset` in an unnamed temporary file, which the
+    /// kernel frees when its last handle (the last frame) is dropped.
+    Spilled {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: u32,
+    },
+}
+
+impl FrameData {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Memory(b) => b.len(),
+            Self::Spilled { len, .. } => *len as usize,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// A frame as the segmenter keeps it, with where it came from in Kafka.
 #[derive(Clone, Debug)]
 pub struct SegmentFrame {
     pub meta: FrameMeta,
-    pub annex_b: bytes::Bytes,
+    pub annex_b: FrameData,
     pub partition: i32,
     /// Offset of the frame's first record (its first chunk).
     pub offset: i64,
@@ -152,6 +183,11 @@ impl Segmenter {
         self.open.get(camera).map(|o| &o.frames[..])
     }
 
+    /// The same, to move their bytes out of memory (`crate::spill`).
+    pub fn open_frames_mut(&mut self, camera: &CameraId) -> Option<&mut [SegmentFrame]> {
+        self.open.get_mut(camera).map(|o| &mut o.frames[..])
+    }
+
     /// How many frames of the camera's open segment a snapshot has written.
     pub fn snapshotted(&self, camera: &CameraId) -> usize {
         self.open.get(camera).map_or(0, |o| o.snapshotted)
@@ -215,7 +251,7 @@ mod tests {
                 codec: Codec::H264,
                 epoch,
             },
-            annex_b: vec![0; 100].into(),
+            annex_b: FrameData::Memory(vec![0; 100].into()),
             partition: 0,
             offset,
         }

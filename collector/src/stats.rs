@@ -48,6 +48,7 @@ counters! {
     frames_already_archived => "camfleet_collector_frames_already_archived_total", "Replayed frames skipped because they were archived before.";
     dead_letter_records => "camfleet_collector_dead_letter_records_total", "Malformed records sent to the dead-letter topic.";
     offset_commits => "camfleet_collector_offset_commits_total", "Offset commits sent to Kafka.";
+    spill_failures => "camfleet_collector_spill_failures_total", "Frames kept in memory because their spill file could not be written.";
     index_writes => "camfleet_collector_index_writes_total", "Segment rows written to the Parquet index (each rewrites the hour's file).";
     retention_segments_deleted => "camfleet_collector_retention_segments_deleted_total", "Segments deleted by retention (age or size limits).";
     retention_bytes_deleted => "camfleet_collector_retention_bytes_deleted_total", "Bytes of segments deleted by retention.";

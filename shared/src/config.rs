@@ -1208,9 +1208,28 @@ pub struct ArchiveConfig {
     /// snapshot (it stays open; the full segment replaces it when it closes).
     #[serde(default = "default_idle_flush_ms")]
     pub idle_flush_ms: u64,
+    /// Local directory for the open segments' frame bytes (unnamed temporary
+    /// files, never fsynced, gone at exit; docs/archive.md, "Memory").
+    /// Empty (the default): the archive root for a local archive, the
+    /// system's temporary directory for HDFS.
+    #[serde(default)]
+    pub spill_dir: String,
     /// Limits by age and size (docs/archive.md, "Retention"); none by default.
     #[serde(default)]
     pub retention: RetentionConfig,
+}
+
+impl ArchiveConfig {
+    /// `spill_dir`, or its default for this archive root.
+    pub fn spill_dir(&self) -> std::path::PathBuf {
+        if !self.spill_dir.is_empty() {
+            self.spill_dir.clone().into()
+        } else if self.root.starts_with("hdfs://") {
+            std::env::temp_dir()
+        } else {
+            self.root.clone().into()
+        }
+    }
 }
 
 const fn default_segment_target_ms() -> u64 {

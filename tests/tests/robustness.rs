@@ -43,6 +43,60 @@ encoder = { bitrate_kpbs = 500 }
 }
 
 #[test]
+fn a_spill_dir_that_cannot_take_files_stops_the_collector_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the spill directory should be.
+    let spill = dir.path().join("spill-is-a-file");
+    std::fs::write(&spill, b"x").unwrap();
+    let archive = dir.path().join("archive");
+    let cfg = dir.path().join("collector.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[kafka]
+bootstrap_servers = "127.0.0.1:1"
+topic = "camfleet.video.v1"
+group_id = "spill-check"
+[archive]
+root = "{}"
+spill_dir = "{}"
+[http]
+listen = ""
+"#,
+            archive.display(),
+            spill.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(binary("camfleet-collector"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the collector kept running with an unusable spill_dir");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success());
+    assert!(
+        err.contains("spill directory") && err.contains("spill-is-a-file"),
+        "{err}"
+    );
+    // Nothing else changed: the spill path is still the file it was.
+    assert_eq!(std::fs::read(&spill).unwrap(), b"x");
+}
+
+#[test]
 fn sigterm_drains_every_encoded_frame_to_kafka_within_10_s() {
     let run = Scenario::new("drain", 1);
     let cam = PatternCamera {
