@@ -35,18 +35,27 @@ fn variants(kbps: u32) -> Vec<(&'static str, EncoderConfig)> {
     };
     vec![
         (
-            "openh264 default (CABAC/Main, 1 ref, medium, AQ on, BG off, bitrate RC)",
+            "openh264 default (CABAC/Main, complexity low, 1 ref, BG off, bitrate RC)",
             base.clone(),
         ),
-        with("CAVLC/Baseline (the old default)", |c| {
+        with(
+            "CAVLC/Baseline + complexity medium (the old default)",
+            |c| {
+                c.entropy_coding = EntropyCoding::Cavlc;
+                c.complexity = EncoderComplexity::Medium;
+            },
+        ),
+        with("CAVLC/Baseline", |c| {
             c.entropy_coding = EntropyCoding::Cavlc
         }),
-        with("2 reference frames", |c| c.reference_frames = 2),
-        with("4 reference frames", |c| c.reference_frames = 4),
+        with("complexity medium", |c| {
+            c.complexity = EncoderComplexity::Medium
+        }),
         with("complexity high", |c| {
             c.complexity = EncoderComplexity::High
         }),
-        with("complexity low", |c| c.complexity = EncoderComplexity::Low),
+        with("2 reference frames", |c| c.reference_frames = 2),
+        with("4 reference frames", |c| c.reference_frames = 4),
         with("adaptive quantisation off", |c| {
             c.adaptive_quantization = false
         }),
