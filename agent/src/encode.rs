@@ -169,7 +169,7 @@ impl H264Encoder {
             height: format.height,
             message: e.to_string(),
         };
-        if format.width % 2 != 0 || format.height % 2 != 0 {
+        if !format.width.is_multiple_of(2) || !format.height.is_multiple_of(2) {
             return Err(EncodeError::Init {
                 width: format.width,
                 height: format.height,

@@ -175,7 +175,10 @@ impl SvcEncoder {
         let (w, h) = (width as usize, height as usize);
         // openh264 reads `stride * rows` bytes of each plane: hold it to that.
         assert!(planes[0].len() >= strides[0] * h && strides[0] >= w);
-        assert!(w % 2 == 0 && h % 2 == 0, "4:2:0 needs even sizes");
+        assert!(
+            w.is_multiple_of(2) && h.is_multiple_of(2),
+            "4:2:0 needs even sizes"
+        );
         assert!(planes[1].len() >= strides[1] * (h / 2) && strides[1] >= w / 2);
         assert!(planes[2].len() >= strides[2] * (h / 2) && strides[2] >= w / 2);
         let picture = SSourcePicture {
