@@ -6,6 +6,7 @@ pub mod app;
 pub mod camera;
 pub mod encode;
 pub mod fleet;
+pub mod openh264_encoder;
 pub mod scale;
 pub mod sequence;
 pub mod service;

@@ -16,16 +16,13 @@ use crate::measure::{ffmpeg, process_cpu, psnr_y, thread_cpu, wait_with_cpu};
 use crate::table::{f, Table};
 use anyhow::{bail, Context};
 use camfleet_agent::app;
+use camfleet_agent::encode::encoder_params;
+use camfleet_agent::openh264_encoder::SvcEncoder;
 use camfleet_agent::sink::{AckFuture, Delivery, FrameSink, SinkError};
 use camfleet_agent::source::y4m::Y4mFile;
 use camfleet_agent::source::{FrameSource, VideoFormat};
 use camfleet_shared::config::AgentConfig;
 use camfleet_shared::wire::{self, FrameMeta};
-use openh264::encoder::{
-    BitRate, Encoder, EncoderConfig, FrameRate, IntraFramePeriod, RateControlMode, UsageType,
-};
-use openh264::formats::YUVSlices;
-use openh264::OpenH264API;
 use rdkafka::message::{Header, OwnedHeaders};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -262,18 +259,16 @@ encoder = {{ bitrate_kbps = {kbps}, keyframe_interval_frames = {GOP} }}
 fn bare_openh264(clip: &Path, kbps: u32, frames: Option<u64>, out: &Path) -> anyhow::Result<Run> {
     let mut src = Y4mFile::open(clip, false, false)?;
     let format = src.format();
-    // H264Encoder's settings (agent/src/encode.rs), minus its wrapper.
-    let config = EncoderConfig::new()
-        .bitrate(BitRate::from_bps(kbps * 1000))
-        .max_frame_rate(FrameRate::from_hz(format.fps.as_f64() as f32))
-        .rate_control_mode(RateControlMode::Bitrate)
-        .usage_type(UsageType::CameraVideoRealTime)
-        .skip_frames(false)
-        .scene_change_detect(false)
-        .intra_frame_period(IntraFramePeriod::from_num_frames(GOP));
+    // H264Encoder's parameters (agent/src/encode.rs), minus its wrapper
+    // (frame checks, forced IDRs, per-frame output vectors).
+    let config = camfleet_shared::config::EncoderConfig {
+        bitrate_kbps: kbps,
+        keyframe_interval_frames: GOP,
+        ..Default::default()
+    };
     // Set-up is charged, as it is to the other two.
     let t = thread_cpu();
-    let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config)?;
+    let mut encoder = SvcEncoder::new(&encoder_params(format, &config)?)?;
     let (mut cpu, mut read_cpu) = (thread_cpu() - t, Duration::ZERO);
     let (w, h) = (format.width as usize, format.height as usize);
     let mut stream = Vec::new();
@@ -288,9 +283,16 @@ fn bare_openh264(clip: &Path, kbps: u32, frames: Option<u64>, out: &Path) -> any
         };
         let (y, uv) = frame.i420.split_at(w * h);
         let (u, v) = uv.split_at((w / 2) * (h / 2));
-        let yuv = YUVSlices::new((y, u, v), (w, h), (w, w / 2, w / 2));
         let t = thread_cpu();
-        encoder.encode(&yuv)?.write_vec(&mut stream);
+        let ms = (n as f64 * 1000.0 / format.fps.as_f64()) as i64;
+        encoder.encode(
+            [y, u, v],
+            [w, w / 2, w / 2],
+            format.width,
+            format.height,
+            ms,
+            &mut stream,
+        )?;
         cpu += thread_cpu() - t;
         buf = frame.i420;
         n += 1;

@@ -10,7 +10,7 @@ use crate::table::{f, Table};
 use camfleet_agent::encode::H264Encoder;
 use camfleet_agent::source::y4m::Y4mFile;
 use camfleet_agent::source::FrameSource;
-use camfleet_shared::config::{EncoderComplexity, EncoderConfig, RateControl};
+use camfleet_shared::config::{EncoderComplexity, EncoderConfig, EntropyCoding, RateControl};
 use std::path::{Path, PathBuf};
 
 pub struct Args {
@@ -28,51 +28,50 @@ fn variants(kbps: u32) -> Vec<(&'static str, EncoderConfig)> {
         keyframe_interval_frames: GOP,
         ..EncoderConfig::default()
     };
+    let with = |label, change: fn(&mut EncoderConfig)| {
+        let mut config = base.clone();
+        change(&mut config);
+        (label, config)
+    };
     vec![
-        ("openh264 default (medium, AQ on, BG off)", base.clone()),
         (
-            "complexity high",
-            EncoderConfig {
-                complexity: EncoderComplexity::High,
-                ..base.clone()
+            "openh264 default (CABAC/Main, complexity low, 1 ref, BG off, bitrate RC)",
+            base.clone(),
+        ),
+        with(
+            "CAVLC/Baseline + complexity medium (the old default)",
+            |c| {
+                c.entropy_coding = EntropyCoding::Cavlc;
+                c.complexity = EncoderComplexity::Medium;
             },
         ),
-        (
-            "complexity low",
-            EncoderConfig {
-                complexity: EncoderComplexity::Low,
-                ..base.clone()
-            },
-        ),
-        (
-            "adaptive quantisation off",
-            EncoderConfig {
-                adaptive_quantization: false,
-                ..base.clone()
-            },
-        ),
-        (
-            "background detection on (the old default)",
-            EncoderConfig {
-                background_detection: true,
-                ..base.clone()
-            },
-        ),
-        (
-            "rate control quality",
-            EncoderConfig {
-                rate_control: RateControl::Quality,
-                ..base.clone()
-            },
-        ),
-        (
-            "high + AQ off",
-            EncoderConfig {
-                complexity: EncoderComplexity::High,
-                adaptive_quantization: false,
-                ..base
-            },
-        ),
+        with("CAVLC/Baseline", |c| {
+            c.entropy_coding = EntropyCoding::Cavlc
+        }),
+        with("complexity medium", |c| {
+            c.complexity = EncoderComplexity::Medium
+        }),
+        with("complexity high", |c| {
+            c.complexity = EncoderComplexity::High
+        }),
+        with("2 reference frames", |c| c.reference_frames = 2),
+        with("4 reference frames", |c| c.reference_frames = 4),
+        with("adaptive quantisation off", |c| {
+            c.adaptive_quantization = false
+        }),
+        with("scene-change detection on", |c| {
+            c.scene_change_detection = true
+        }),
+        with("background detection on", |c| c.background_detection = true),
+        with("rate control quality", |c| {
+            c.rate_control = RateControl::Quality
+        }),
+        with("rate control timestamp", |c| {
+            c.rate_control = RateControl::Timestamp
+        }),
+        with("rate control buffer", |c| {
+            c.rate_control = RateControl::Buffer
+        }),
     ]
 }
 
@@ -128,12 +127,13 @@ pub fn run(args: Args, results: Option<&Path>) -> anyhow::Result<()> {
                 "speed vs x264",
             ],
         );
+        let clip_fps = Y4mFile::open(clip, false, false)?.format().fps.as_f64();
         for &kbps in &args.kbps {
             let score = |run: &Run, file: &Path| -> anyhow::Result<(f64, f64, f64, f64)> {
                 let psnr = psnr_y(file, clip, run.frames)?;
                 let ssim = ssim_y(file, clip, run.frames)?;
                 let fps = run.frames as f64 / run.cpu.as_secs_f64().max(1e-6);
-                let seconds = run.frames as f64 / 30.0;
+                let seconds = run.frames as f64 / clip_fps;
                 Ok((psnr, ssim, fps, run.bytes as f64 * 8.0 / 1000.0 / seconds))
             };
             let x264_file = dir.join(format!("{name}-{kbps}-x264.h264"));
@@ -167,7 +167,7 @@ pub fn run(args: Args, results: Option<&Path>) -> anyhow::Result<()> {
         }
         table
             .note("target: within 0.5 dB PSNR-Y of x264 at equal bitrate, at >= 1.3x its fps/core");
-        table.note("kbit/s made: what each encoder actually produced (30 fps timeline); fps/core from thread CPU time (x264: process CPU minus ffmpeg start-up)");
+        table.note("kbit/s made: what each encoder actually produced (over the clip's frame rate); fps/core from thread CPU time (x264: process CPU minus ffmpeg start-up)");
         table.emit(results)?;
     }
     Ok(())

@@ -592,6 +592,31 @@ pub struct EncoderConfig {
     /// (docs/encoder.md); on saves about 20% encoder CPU.
     #[serde(default)]
     pub background_detection: bool,
+    /// `cabac` (Main profile, the default: about 10% fewer bits for the same
+    /// picture, docs/encoder.md) or `cavlc` (Constrained Baseline, for old
+    /// decoders that only do Baseline).
+    #[serde(default)]
+    pub entropy_coding: EntropyCoding,
+    /// Reference frames the encoder keeps (1..=4, written to the SPS as
+    /// max_num_ref_frames).
+    #[serde(default = "default_reference_frames")]
+    pub reference_frames: u32,
+    /// Let openh264 insert an extra I frame on a scene cut. Off by default so
+    /// GOPs stay exactly `keyframe_interval_frames` long (archive segments
+    /// are cut at IDRs).
+    #[serde(default)]
+    pub scene_change_detection: bool,
+}
+
+/// H.264 entropy coding, which also picks the profile.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EntropyCoding {
+    /// CABAC, Main profile.
+    #[default]
+    Cabac,
+    /// CAVLC, Constrained Baseline profile.
+    Cavlc,
 }
 
 /// openh264 rate control.
@@ -605,14 +630,20 @@ pub enum RateControl {
     Quality,
     /// Adjust quality from the encoder's buffer fullness only.
     Buffer,
+    /// Hold the target bitrate over the frames' media timestamps rather than
+    /// the nominal frame rate.
+    Timestamp,
 }
 
-/// openh264 encoder complexity: speed against quality per bit.
+/// openh264 encoder complexity: speed against quality per bit. `low` is the
+/// default: with CABAC it keeps the encoder >= 1.3x x264 veryfast's speed at
+/// 720p 2-4 Mbit/s, where `medium` (0.1-0.3 dB better) falls to ~1.2x
+/// (docs/encoder.md). `high` encodes like `medium` in camera mode.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum EncoderComplexity {
-    Low,
     #[default]
+    Low,
     Medium,
     High,
 }
@@ -625,6 +656,9 @@ const fn default_bitrate_kbps() -> u32 {
 }
 const fn default_keyframe_interval_frames() -> u32 {
     60
+}
+const fn default_reference_frames() -> u32 {
+    1
 }
 
 impl Default for EncoderConfig {
@@ -639,6 +673,9 @@ impl Default for EncoderConfig {
             complexity: EncoderComplexity::default(),
             adaptive_quantization: true,
             background_detection: false,
+            entropy_coding: EntropyCoding::default(),
+            reference_frames: default_reference_frames(),
+            scene_change_detection: false,
         }
     }
 }
@@ -653,6 +690,9 @@ impl EncoderConfig {
                 at("encoder.keyframe_interval_frames"),
                 "must be 1..=3600",
             ));
+        }
+        if !(1..=4).contains(&self.reference_frames) {
+            return Err(invalid(at("encoder.reference_frames"), "must be 1..=4"));
         }
         if self.max_fps.is_some_and(|f| !(1..=120).contains(&f)) {
             return Err(invalid(at("encoder.max_fps"), "must be 1..=120"));
@@ -1413,7 +1453,8 @@ encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
         let full = AGENT.replace(
             "keyframe_interval_frames = 30 }",
             "keyframe_interval_frames = 30, width = 640, height = 360, max_fps = 10, \
-             rate_control = \"quality\", complexity = \"high\", adaptive_quantization = false }",
+             rate_control = \"quality\", complexity = \"high\", adaptive_quantization = false, \
+             entropy_coding = \"cavlc\", reference_frames = 2, scene_change_detection = true }",
         );
         let c = AgentConfig::from_toml(&full).unwrap();
         let e = &c.cameras[1].encoder;
@@ -1424,6 +1465,14 @@ encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
         assert_eq!(e.rate_control, RateControl::Quality);
         assert_eq!(e.complexity, EncoderComplexity::High);
         assert!(!e.adaptive_quantization && !e.background_detection);
+        assert_eq!(
+            (
+                e.entropy_coding,
+                e.reference_frames,
+                e.scene_change_detection
+            ),
+            (EntropyCoding::Cavlc, 2, true)
+        );
         for (change, field) in [
             ("width = 640, height = 360", "encoder.width"),
             ("width = 641, height = 360", "encoder.width"),
@@ -1431,6 +1480,9 @@ encoder = { bitrate_kbps = 4000, keyframe_interval_frames = 30 }
             ("max_fps = 0", "encoder.max_fps"),
             ("rate_control = \"cbr\"", "cbr"),
             ("complexity = \"extreme\"", "extreme"),
+            ("reference_frames = 0", "encoder.reference_frames"),
+            ("reference_frames = 16", "encoder.reference_frames"),
+            ("entropy_coding = \"huffman\"", "huffman"),
         ] {
             let bad = AGENT.replace(
                 "keyframe_interval_frames = 30 }",

@@ -151,11 +151,15 @@ mod tests {
     use camfleet_agent::encode::H264Encoder;
     use camfleet_agent::source::test_pattern::{read_frame_number, render};
     use camfleet_agent::source::VideoFormat;
-    use camfleet_shared::config::EncoderConfig;
+    use camfleet_shared::config::{EncoderConfig, EntropyCoding};
     use camfleet_shared::wire::{Codec, Rational};
     use camfleet_shared::CameraId;
 
     fn stream(frames: u64) -> Vec<(FrameMeta, Vec<u8>)> {
+        stream_coded(frames, EntropyCoding::default())
+    }
+
+    fn stream_coded(frames: u64, entropy_coding: EntropyCoding) -> Vec<(FrameMeta, Vec<u8>)> {
         let format = VideoFormat {
             width: 320,
             height: 192,
@@ -164,6 +168,7 @@ mod tests {
         let cfg = EncoderConfig {
             bitrate_kbps: 800,
             keyframe_interval_frames: 10,
+            entropy_coding,
             ..EncoderConfig::default()
         };
         let mut enc = H264Encoder::new(format, &cfg).unwrap();
@@ -202,6 +207,30 @@ mod tests {
             }
         }
         assert_eq!(inferred, [0, 6, 12, 18, 24]);
+    }
+
+    #[test]
+    fn decodes_cabac_main_and_cavlc_baseline_streams() {
+        // Agents send CABAC/Main by default and CAVLC/Baseline when so
+        // configured; a fleet may mix both, so both must decode frame-exact.
+        for coding in [EntropyCoding::Cabac, EntropyCoding::Cavlc] {
+            let mut d = StreamDecoder::new(30.0);
+            let mut out = Vec::new();
+            for (meta, au) in stream_coded(20, coding) {
+                let outcome = d.decode(&meta, &au, &mut out);
+                assert_eq!(
+                    outcome,
+                    Decoded::Picture {
+                        width: 320,
+                        height: 192
+                    },
+                    "{coding:?} frame {}",
+                    meta.seq
+                );
+                let n = read_frame_number(&out[..320 * 192], 320, 320).unwrap();
+                assert_eq!(n, meta.seq, "{coding:?}");
+            }
+        }
     }
 
     #[test]
