@@ -149,7 +149,7 @@ fn bitrate_change_and_cameras_added_and_removed_live_then_restart_without_mqtt()
         "patch",
         "--agent",
         &agent_id,
-        "camera[fleetcfg/gate].encoder.bitrate_kbps=400",
+        "camera[fleetcfg/gate].encoder.bitrate_kbps=200",
     ]);
     assert!(out.contains("version 1"), "{out}");
     let waited = camfleet_ok(&[
@@ -273,16 +273,19 @@ fn bitrate_change_and_cameras_added_and_removed_live_then_restart_without_mqtt()
     let (before, after, restarted) = (of(epochs[0]), of(epochs[1]), of(epochs[2]));
     assert!(after[0].meta.keyframe, "a new epoch starts with an IDR");
     let (b0, b1, b2) = (kbps(&before), kbps(&after), kbps(&restarted));
-    eprintln!("gate bitrate: {b0:.0} kbps at 1000, {b1:.0} kbps at 400 ({} frames), {b2:.0} kbps after the restart ({} frames)", after.len(), restarted.len());
+    eprintln!("gate bitrate: {b0:.0} kbps at 1000, {b1:.0} kbps at 200 ({} frames), {b2:.0} kbps after the restart ({} frames)", after.len(), restarted.len());
     assert!(
-        (360.0..=440.0).contains(&b1),
-        "{b1:.0} kbps after the change to 400"
+        (180.0..=220.0).contains(&b1),
+        "{b1:.0} kbps after the change to 200"
     );
     assert!(
-        (360.0..=440.0).contains(&b2),
+        (180.0..=220.0).contains(&b2),
         "{b2:.0} kbps after the restart on the persisted config"
     );
-    assert!(b0 > 600.0, "{b0:.0} kbps before the change");
+    // The 640x360 test pattern is simple: at 1000 kbit/s openh264 reaches
+    // its lowest quantiser at ~400 kbit/s with CABAC (~650 with CAVLC), so
+    // the change goes to 200, which the rate control can hold.
+    assert!(b0 > 300.0, "{b0:.0} kbps before the change");
 
     let yard: Vec<&TopicFrame> = frames
         .iter()
