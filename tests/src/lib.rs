@@ -747,6 +747,28 @@ pub fn read_json(
     topic: &str,
     until: impl Fn(&[serde_json::Value]) -> bool,
 ) -> Vec<serde_json::Value> {
+    read_json_explained(s, topic, until, String::new)
+}
+
+/// [`read_json`] of records `writer` publishes: a timeout shows what was
+/// read and the writer's log.
+pub fn read_json_logged(
+    s: &Services,
+    topic: &str,
+    writer: &Proc,
+    until: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    read_json_explained(s, topic, until, || {
+        format!("\n{} log:\n{}", writer.name, writer.log_text())
+    })
+}
+
+fn read_json_explained(
+    s: &Services,
+    topic: &str,
+    until: impl Fn(&[serde_json::Value]) -> bool,
+    explain: impl Fn() -> String,
+) -> Vec<serde_json::Value> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &s.kafka)
         .set("group.id", format!("{topic}.reader"))
@@ -758,11 +780,9 @@ pub fn read_json(
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !until(&out) {
-        assert!(
-            Instant::now() < deadline,
-            "{topic}: only {} records",
-            out.len()
-        );
+        if Instant::now() >= deadline {
+            panic!("{topic}: only {} records: {out:?}{}", out.len(), explain());
+        }
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
             out.push(serde_json::from_slice(m.unwrap().payload().unwrap()).unwrap());
         }

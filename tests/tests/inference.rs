@@ -6,50 +6,14 @@
 //! against docs/detections.schema.json with Python's jsonschema (a peer).
 
 use camfleet_tests::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::ClientConfig;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn env_path(name: &str) -> PathBuf {
     PathBuf::from(std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: run scripts/setup and source .services/env (scripts/test does)")
     }))
-}
-
-/// Every JSON value of `topic`, in partition order, waiting until `until` holds.
-fn read_json(
-    s: &Services,
-    topic: &str,
-    writer: &Proc,
-    until: impl Fn(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &s.kafka)
-        .set("group.id", format!("{topic}.reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !until(&out) {
-        assert!(
-            Instant::now() < deadline,
-            "{topic}: only {} records: {out:?}\n{} log:\n{}",
-            out.len(),
-            writer.name,
-            writer.log_text()
-        );
-        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-            let m = m.unwrap();
-            out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
-        }
-    }
-    out
 }
 
 /// photo (3 s) + black (4 s) + photo (3 s) at 10 fps, with a little
@@ -175,7 +139,7 @@ encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 10 }}
     let collector = run.spawn("collector", "camfleet-collector", &collector);
 
     // 100 frames at 10 fps, inferred at 5 fps: 50 records.
-    let records = read_json(&run.services, &detections, &collector, |r| r.len() >= 50);
+    let records = read_json_logged(&run.services, &detections, &collector, |r| r.len() >= 50);
     assert_eq!(records.len(), 50);
     let astronaut = [18.0 / 512.0, 14.0 / 512.0, 362.0 / 512.0, 1.0];
     for r in &records {
@@ -235,7 +199,7 @@ encoder = {{ bitrate_kbps = 1500, keyframe_interval_frames = 10 }}
 
     // Events: the person appears, leaves during the black section and
     // appears again; dark starts once and ends once.
-    let evs = read_json(&run.services, &events, &collector, |e| {
+    let evs = read_json_logged(&run.services, &events, &collector, |e| {
         e.iter().filter(|e| e["kind"] == "dark").count() >= 2
             && e.iter().filter(|e| e["kind"] == "object_appeared").count() >= 2
     });
@@ -357,7 +321,7 @@ fn inference_recovers_at_the_next_idr_after_corrupt_h264() {
     );
     let collector = run.spawn("collector", "camfleet-collector", &config);
     // Every frame but 23 (corrupt) and 24-29 (waiting for the IDR at 30).
-    let records = read_json(&run.services, &detections, &collector, |r| r.len() >= 53);
+    let records = read_json_logged(&run.services, &detections, &collector, |r| r.len() >= 53);
     let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     let want: Vec<u64> = (0..23).chain(30..60).collect();
     assert_eq!(seqs, want);
@@ -427,7 +391,7 @@ fn inference_two_collectors_share_the_cameras_and_one_takes_over() {
 
     // 30 s per camera at 2 inferences per second: 60 pictures each, the
     // first of every 5 frames (sampling is on a fixed grid of media time).
-    let records = read_json(&run.services, &detections, &second, |r| {
+    let records = read_json_logged(&run.services, &detections, &second, |r| {
         cams.iter().all(|cam| {
             r.iter()
                 .filter(|d| d["camera"] == cam.as_str())
@@ -453,7 +417,7 @@ fn inference_two_collectors_share_the_cameras_and_one_takes_over() {
             "{cam}: {repeats} pictures inferred twice: {seqs:?}"
         );
     }
-    let evs = read_json(&run.services, &events, &second, |e| e.len() >= 2);
+    let evs = read_json_logged(&run.services, &events, &second, |e| e.len() >= 2);
     for cam in &cams {
         let appeared = evs
             .iter()

@@ -90,6 +90,33 @@ fn request(site: &str, camera: &str, range: &Range) -> Result<(CameraId, i64, i6
     Ok((id, from, to))
 }
 
+/// What the index holds for a request's camera and range, or the response
+/// for a bad request or an unreadable index.
+struct Lookup {
+    id: CameraId,
+    from: i64,
+    to: i64,
+    segments: Vec<SegmentRow>,
+    gaps: Vec<GapRow>,
+}
+
+async fn lookup(
+    state: &ArchiveState,
+    site: &str,
+    camera: &str,
+    range: &Range,
+) -> Result<Lookup, Response> {
+    let (id, from, to) = request(site, camera, range).map_err(error)?;
+    let (segments, gaps) = state.playback.range(&id, from, to).await.map_err(error)?;
+    Ok(Lookup {
+        id,
+        from,
+        to,
+        segments,
+        gaps,
+    })
+}
+
 fn nothing_in_range() -> Response {
     (
         StatusCode::NOT_FOUND,
@@ -104,13 +131,9 @@ pub async fn playlist(
     Path((site, camera)): Path<(String, String)>,
     Query(range): Query<Range>,
 ) -> Response {
-    let (id, from, to) = match request(&site, &camera, &range) {
-        Ok(r) => r,
-        Err(e) => return error(e),
-    };
-    let segments = match state.playback.range(&id, from, to).await {
-        Ok((s, _)) => s,
-        Err(e) => return error(e),
+    let Lookup { id, segments, .. } = match lookup(&state, &site, &camera, &range).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
     if segments.is_empty() {
         return nothing_in_range();
@@ -245,13 +268,15 @@ pub async fn timeline(
     Path((site, camera)): Path<(String, String)>,
     Query(range): Query<Range>,
 ) -> Response {
-    let (id, from, to) = match request(&site, &camera, &range) {
-        Ok(r) => r,
-        Err(e) => return error(e),
-    };
-    let (segs, gaps) = match state.playback.range(&id, from, to).await {
-        Ok(r) => r,
-        Err(e) => return error(e),
+    let Lookup {
+        id,
+        from,
+        to,
+        segments: segs,
+        gaps,
+    } = match lookup(&state, &site, &camera, &range).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
     let body = serde_json::json!({
         "camera": id.to_string(), "from_us": from, "to_us": to,
@@ -277,13 +302,15 @@ pub async fn export(
     Path((site, camera)): Path<(String, String)>,
     Query(range): Query<Range>,
 ) -> Response {
-    let (id, from, to) = match request(&site, &camera, &range) {
-        Ok(r) => r,
-        Err(e) => return error(e),
-    };
-    let segs = match state.playback.range(&id, from, to).await {
-        Ok((s, _)) => s,
-        Err(e) => return error(e),
+    let Lookup {
+        id,
+        from,
+        to,
+        segments: segs,
+        ..
+    } = match lookup(&state, &site, &camera, &range).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
     if segs.is_empty() {
         return nothing_in_range();
